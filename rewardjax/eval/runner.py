@@ -1,0 +1,114 @@
+"""Eval and score modes: reward every pair / response of a data set with a trained model."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from rewardjax.data.batching import BatchPlan, collate_pairs, collate_single, default_buckets
+from rewardjax.data.tokenize import encode_pairs, encode_responses
+from rewardjax.eval.metrics import pair_metrics
+from rewardjax.train.step import make_score_fn
+
+
+def _score_fn(run):
+    if getattr(run, "_score", None) is None:
+        run._score = make_score_fn(run.graphdef, mesh=run.mesh, rules=run.rules)
+    return run._score
+
+
+def score_encoded(run, state, seqs, config) -> np.ndarray:
+    """Rewards of encoded sequences (any order in, same order out), batched by length."""
+    if not seqs:
+        return np.zeros((0,), np.float32)
+    buckets = tuple(config.data.buckets) or default_buckets(config.model.max_length)
+    bs = int(config.eval.batch_size)
+    plan = BatchPlan([len(s.ids) for s in seqs], bs, buckets, shuffle=False)
+    pad_id = run.tokenizer.pad_token_id
+    left = config.data.padding_side == "left"
+    score = _score_fn(run)
+    out = np.zeros((len(seqs),), np.float32)
+    for length, idx in plan.epoch(0):
+        batch = collate_single(seqs, idx, length, bs, pad_id, left)
+        r = np.asarray(jax.device_get(score(state.params, state.frozen,
+                                            {k: batch[k] for k in ("input_ids", "attention_mask",
+                                                                   "token_type_ids")})))
+        real = batch["index"] >= 0
+        out[batch["index"][real]] = r[real]
+    return out
+
+
+def score_pairs(run, state, pairs, config):
+    """``(r_chosen, r_rejected, encoded)`` for a list of pairs."""
+    data = encode_pairs(pairs, run.encoder)
+    rewards = score_encoded(run, state, data.chosen + data.rejected, config)
+    n = len(data)
+    return rewards[:n], rewards[n:], data
+
+
+def gold_agreement(pairs, r_chosen, r_rejected) -> float | None:
+    """Accuracy against the gold reward (simulator pairs), ties in gold excluded."""
+    golds = [(p.meta.get("gold_chosen"), p.meta.get("gold_rejected")) for p in pairs]
+    if not golds or any(g is None or b is None for g, b in golds):
+        return None
+    g = np.asarray(golds, np.float64)
+    sign = np.sign(g[:, 0] - g[:, 1])
+    keep = sign != 0
+    if not keep.any():
+        return None
+    pred = np.sign(np.asarray(r_chosen) - np.asarray(r_rejected))
+    return float(np.mean(pred[keep] == sign[keep]))
+
+
+def evaluate_pairs(run, state, pairs, config) -> dict:
+    rc, rr, data = score_pairs(run, state, pairs, config)
+    kept = data.pairs
+    sources = [p.source for p in kept]
+    res = pair_metrics(rc, rr, sources if len(set(sources)) > 1 else None,
+                       num_bins=config.eval.num_bins)
+    cats = [p.category for p in kept]
+    if any(cats) and len(set(cats)) > 1:
+        res["by_category"] = pair_metrics(rc, rr, cats, num_bins=config.eval.num_bins)["by_group"]
+    gold = gold_agreement(kept, rc, rr)
+    if gold is not None:
+        res["gold_accuracy"] = gold
+    res["truncation"] = data.stats.as_dict()
+    return res
+
+
+def evaluate_sets(run, state, eval_sets, config) -> dict[str, dict]:
+    return {name: evaluate_pairs(run, state, pairs, config) for name, pairs, _ in eval_sets}
+
+
+def format_table(summary: dict) -> str:
+    """A short human summary: one row per eval set (and per group within it)."""
+    lines = [f"steps {summary.get('steps')}  pairs {summary.get('train_pairs')}  "
+             f"wall {summary.get('wall_time_s', 0):.1f}s  "
+             f"real tok/s {summary.get('train_real_tokens_per_s', 0):.0f}"]
+    trunc = summary.get("truncation")
+    if trunc:
+        lines.append("truncation: " + ", ".join(f"{k} {v}" for k, v in trunc.items()))
+    lines.append(f"{'eval set':<34}{'n':>6}{'acc':>8}{'gold':>8}{'ece':>8}{'r mean':>9}{'r std':>8}")
+    for name, res in (summary.get("eval") or {}).items():
+        rows = [(name, res)] + [(f"  {g}", r) for g, r in (res.get("by_group") or {}).items()]
+        for label, r in rows:
+            gold = r.get("gold_accuracy")
+            lines.append(
+                f"{label[:33]:<34}{r.get('n', 0):>6}{r.get('accuracy', float('nan')):>8.3f}"
+                f"{'' if gold is None else f'{gold:.3f}':>8}{r.get('ece', float('nan')):>8.3f}"
+                f"{r.get('reward_mean', float('nan')):>9.3f}{r.get('reward_std', float('nan')):>8.3f}"
+            )
+    return "\n".join(lines)
+
+
+def write_scores(path: str, responses, rewards) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        for resp, r in zip(responses, rewards):
+            row = {"prompt": resp.prompt, "response": resp.response, "reward": float(r),
+                   "source": resp.source, **{k: v for k, v in resp.meta.items()
+                                             if isinstance(v, (str, int, float, bool))}}
+            f.write(json.dumps(row) + "\n")

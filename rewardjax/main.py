@@ -1,0 +1,51 @@
+"""Command-line entry point.
+
+    python -m rewardjax.main --config=configs/bt.py[:args] --workdir=DIR \
+        [--config.train.steps=100 ...] [--config.mode=eval|score]
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and outputs go.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+
+
+def run(config, workdir: str):
+    """Dispatches on ``config.mode``; usable from Python and notebooks as well."""
+    if config.mode == "train":
+        from rewardjax.train.loop import train
+
+        return train(config, workdir)
+    if config.mode == "eval":
+        from rewardjax.eval.modes import evaluate
+
+        return evaluate(config, workdir)
+    if config.mode == "score":
+        from rewardjax.eval.modes import score
+
+        return score(config, workdir)
+    raise ValueError(f"unknown mode {config.mode!r}; choose train, eval or score")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None:
+        raise app.UsageError("--config is required, e.g. --config=configs/bt.py")
+    if _MULTIHOST.value:
+        import jax
+
+        jax.distributed.initialize()
+    workdir = _WORKDIR.value or os.path.join("runs", "default")
+    logging.info("workdir %s", workdir)
+    run(_CONFIG.value, workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

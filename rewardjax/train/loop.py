@@ -1,0 +1,149 @@
+"""The training story, top to bottom: data -> run -> resume -> steps -> eval -> summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+import tqdm
+
+from rewardjax.data.batching import BatchPlan, collate_pairs, default_buckets
+from rewardjax.data.sources import load_sets
+from rewardjax.data.tokenize import encode_pairs
+from rewardjax.eval.runner import evaluate_sets, format_table
+from rewardjax.train.checkpoint import Checkpointer
+from rewardjax.train.logging import MetricsWriter, to_python
+from rewardjax.train.setup import build_run
+from rewardjax.train.step import batch_shardings, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """Raised when a step produces a NaN/inf loss or gradient."""
+
+
+def put_batch(batch: dict[str, np.ndarray], shardings) -> dict[str, jax.Array]:
+    """Places a global host batch on the mesh; with several hosts each feeds its own rows."""
+    n, pid = jax.process_count(), jax.process_index()
+    out = {}
+    for k, sh in shardings.items():
+        x = batch[k]
+        if n > 1:
+            rows = x.shape[0] // n
+            local = x[pid * rows:(pid + 1) * rows]
+            out[k] = jax.make_array_from_process_local_data(sh, local, x.shape)
+        else:
+            out[k] = jax.device_put(x, sh)
+    return out
+
+
+def train(config, workdir: str) -> dict:
+    """Trains a Bradley-Terry reward model; returns the final summary (also in summary.json)."""
+    t_start = time.time()
+    os.makedirs(workdir, exist_ok=True)
+    tcfg = config.train
+    train_sets = load_sets(config.data.train, config.data)
+    if not train_sets:
+        raise ValueError("data.train is empty: name at least one training set")
+    train_pairs = [p for _, pairs, _ in train_sets for p in pairs]
+    eval_sets = load_sets(config.data.eval, config.data)
+    run = build_run(config, workdir, train_pairs)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    data = encode_pairs(train_pairs, run.encoder)
+    buckets = tuple(config.data.buckets) or default_buckets(config.model.max_length)
+    plan = BatchPlan(data.lengths(), tcfg.batch_size, buckets, seed=config.seed, shuffle=True)
+    pad_id = run.tokenizer.pad_token_id
+    left = config.data.padding_side == "left"
+    example = collate_pairs(data, plan.at_step(0)[1], buckets[0], tcfg.batch_size, pad_id, left)
+    b_sh = batch_shardings(run.mesh, run.rules, {k: v for k, v in example.items() if k != "index"})
+    train_step = make_train_step(run.graphdef, run.tx, config.loss, mesh=run.mesh, rules=run.rules,
+                                 state_shardings=run.shardings, dropout=tcfg.dropout)
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), tcfg.checkpoint_every, tcfg.keep_checkpoints)
+    state = run.state
+    restored = ckpt.restore(state)
+    if restored is not None:
+        state = restored
+        log.info("resumed from step %d", int(state.step))
+    writer = MetricsWriter(workdir, tensorboard=tcfg.tensorboard)
+    total = int(tcfg.steps) * int(tcfg.grad_accum)
+    start = int(state.step)
+    sums, count, tokens, t_first = {}, 0, 0.0, None
+    bar = tqdm.tqdm(total=total, initial=start, desc="train", disable=not tcfg.progress,
+                    dynamic_ncols=True)
+    for step in range(start, total):
+        length, idx = plan.at_step(step)
+        batch = put_batch(collate_pairs(data, idx, length, tcfg.batch_size, pad_id, left), b_sh)
+        state, metrics = train_step(state, batch)
+        metrics = jax.device_get(metrics)
+        if not metrics["finite"]:
+            ckpt.wait()
+            raise NonFiniteLoss(
+                f"non-finite loss or gradient at step {step + 1} (loss={metrics['loss']}, "
+                f"grad_norm={metrics['grad_norm']}); the update was skipped and the run stopped. "
+                f"Last good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}"
+            )
+        if t_first is None:
+            t_first = time.time()  # throughput excludes the first (compiling) step
+        else:
+            tokens += float(metrics["real_tokens"])
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        count += 1
+        done = step + 1
+        bar.update(1)
+        if done % tcfg.log_every == 0 or done == total:
+            avg = {k: v / count for k, v in sums.items()}
+            elapsed = max(time.time() - t_first, 1e-9)
+            avg["tokens_per_s"] = tokens / elapsed
+            writer.write(done, "train", avg)
+            bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['accuracy']:.3f}")
+            sums, count = {}, 0
+        ckpt.maybe_save(done, state, force=done == total)
+        if tcfg.eval_every and done % tcfg.eval_every == 0 and done != total and eval_sets:
+            results = evaluate_sets(run, state, eval_sets, config)
+            for name, res in results.items():
+                writer.write(done, f"eval/{name}", res)
+        if tcfg.debug_kill_at_step and done == tcfg.debug_kill_at_step:
+            ckpt.wait()  # a kill after the save landed; the resumed run must match anyway
+            os.kill(os.getpid(), signal.SIGKILL)
+    bar.close()
+    ckpt.close()
+
+    results = evaluate_sets(run, state, eval_sets, config) if eval_sets else {}
+    for name, res in results.items():
+        writer.write(total, f"eval/{name}", res)
+    train_time = time.time() - (t_first or time.time())
+    summary = {
+        "steps": int(state.step),
+        "wall_time_s": time.time() - t_start,
+        "train_pairs": len(data),
+        "truncation": data.stats.as_dict(),
+        "train_real_tokens_per_s": tokens / max(train_time, 1e-9),
+        "eval": results,
+        "params": _param_counts(state),
+    }
+    writer.write(total, "summary", summary)
+    writer.close()
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(to_python(summary), f, indent=2)
+        print(format_table(summary))
+    run.state = state
+    summary["_run"] = run
+    return summary
+
+
+def _param_counts(state) -> dict[str, int]:
+    from rewardjax.train.state import count_params
+
+    return {"trained": count_params(state.params), "frozen": count_params(state.frozen)}

