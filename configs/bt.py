@@ -16,27 +16,28 @@ Arguments (comma-separated):
 
 from rewardjax.config import base_config, parse_arg
 
-TINY_LLAMA = ("random:llama?hidden_size=128&num_layers=2&num_heads=4&num_kv_heads=2"
-              "&intermediate_size=256")
+TINY_LLAMA = (
+    "random:llama?hidden_size=128&num_layers=2&num_heads=4&num_kv_heads=2&intermediate_size=256"
+)
 
 
 def get_config(arg=None):
     args = parse_arg(arg)
     c = base_config()
     c.model.path = TINY_LLAMA
-    c.model.max_length = 128
-    c.train.steps = 300
+    c.model.max_length = 192  # simulator pairs are ~60-170 words
+    c.train.steps = 500
     c.train.batch_size = 16
     c.train.lr = 1e-3
     c.train.warmup_steps = 30
-    c.train.checkpoint_every = 100
+    c.train.checkpoint_every = 250
 
     data = args.get("data", "sim")
     if data == "hh":
         root = "$REWARDJAX_DATA"
         hh = f"{root}/hh-rlhf/harmless-base-test.jsonl.gz"
         c.data.train = f"{hh}@train"
-        c.data.eval = (f"{hh}@heldout,{root}/pandalm/testset-v1.json,{root}/llmbar")
+        c.data.eval = f"{hh}@heldout,{root}/pandalm/testset-v1.json,{root}/llmbar"
         c.model.max_length = 512
     elif data != "sim":
         raise ValueError(f"unknown data={data!r}; choose sim or hh")

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 
 from absl import app, flags, logging
@@ -42,6 +43,9 @@ def main(argv):
         import jax
 
         jax.distributed.initialize()
+    # orbax reports every save through absl at INFO; keep the progress bar readable.
+    pylogging.getLogger("absl").setLevel(pylogging.WARNING)
+    pylogging.getLogger("rewardjax").setLevel(pylogging.INFO)
     workdir = _WORKDIR.value or os.path.join("runs", "default")
     logging.info("workdir %s", workdir)
     run(_CONFIG.value, workdir)

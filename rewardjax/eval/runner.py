@@ -8,8 +8,8 @@ import os
 import jax
 import numpy as np
 
-from rewardjax.data.batching import BatchPlan, collate_pairs, collate_single, default_buckets
-from rewardjax.data.tokenize import encode_pairs, encode_responses
+from rewardjax.data.batching import BatchPlan, collate_single, default_buckets
+from rewardjax.data.tokenize import encode_pairs
 from rewardjax.eval.metrics import pair_metrics
 from rewardjax.train.step import make_score_fn
 
@@ -33,9 +33,15 @@ def score_encoded(run, state, seqs, config) -> np.ndarray:
     out = np.zeros((len(seqs),), np.float32)
     for length, idx in plan.epoch(0):
         batch = collate_single(seqs, idx, length, bs, pad_id, left)
-        r = np.asarray(jax.device_get(score(state.params, state.frozen,
-                                            {k: batch[k] for k in ("input_ids", "attention_mask",
-                                                                   "token_type_ids")})))
+        r = np.asarray(
+            jax.device_get(
+                score(
+                    state.params,
+                    state.frozen,
+                    {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")},
+                )
+            )
+        )
         real = batch["index"] >= 0
         out[batch["index"][real]] = r[real]
     return out
@@ -67,8 +73,9 @@ def evaluate_pairs(run, state, pairs, config) -> dict:
     rc, rr, data = score_pairs(run, state, pairs, config)
     kept = data.pairs
     sources = [p.source for p in kept]
-    res = pair_metrics(rc, rr, sources if len(set(sources)) > 1 else None,
-                       num_bins=config.eval.num_bins)
+    res = pair_metrics(
+        rc, rr, sources if len(set(sources)) > 1 else None, num_bins=config.eval.num_bins
+    )
     cats = [p.category for p in kept]
     if any(cats) and len(set(cats)) > 1:
         res["by_category"] = pair_metrics(rc, rr, cats, num_bins=config.eval.num_bins)["by_group"]
@@ -85,21 +92,27 @@ def evaluate_sets(run, state, eval_sets, config) -> dict[str, dict]:
 
 def format_table(summary: dict) -> str:
     """A short human summary: one row per eval set (and per group within it)."""
-    lines = [f"steps {summary.get('steps')}  pairs {summary.get('train_pairs')}  "
-             f"wall {summary.get('wall_time_s', 0):.1f}s  "
-             f"real tok/s {summary.get('train_real_tokens_per_s', 0):.0f}"]
+    lines = [
+        f"steps {summary.get('steps')}  pairs {summary.get('train_pairs')}  "
+        f"wall {summary.get('wall_time_s', 0):.1f}s  "
+        f"real tok/s {summary.get('train_real_tokens_per_s', 0):.0f}"
+    ]
     trunc = summary.get("truncation")
     if trunc:
         lines.append("truncation: " + ", ".join(f"{k} {v}" for k, v in trunc.items()))
-    lines.append(f"{'eval set':<34}{'n':>6}{'acc':>8}{'gold':>8}{'ece':>8}{'r mean':>9}{'r std':>8}")
+    lines.append(
+        f"{'eval set':<34}{'n':>6}{'acc':>8}{'gold':>8}{'ece':>8}{'r mean':>9}{'r std':>8}"
+    )
     for name, res in (summary.get("eval") or {}).items():
         rows = [(name, res)] + [(f"  {g}", r) for g, r in (res.get("by_group") or {}).items()]
         for label, r in rows:
+            nan = float("nan")
             gold = r.get("gold_accuracy")
+            gold_s = "" if gold is None else f"{gold:.3f}"
             lines.append(
-                f"{label[:33]:<34}{r.get('n', 0):>6}{r.get('accuracy', float('nan')):>8.3f}"
-                f"{'' if gold is None else f'{gold:.3f}':>8}{r.get('ece', float('nan')):>8.3f}"
-                f"{r.get('reward_mean', float('nan')):>9.3f}{r.get('reward_std', float('nan')):>8.3f}"
+                f"{label[:33]:<34}{r.get('n', 0):>6}{r.get('accuracy', nan):>8.3f}{gold_s:>8}"
+                f"{r.get('ece', nan):>8.3f}{r.get('reward_mean', nan):>9.3f}"
+                f"{r.get('reward_std', nan):>8.3f}"
             )
     return "\n".join(lines)
 
@@ -108,7 +121,11 @@ def write_scores(path: str, responses, rewards) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         for resp, r in zip(responses, rewards):
-            row = {"prompt": resp.prompt, "response": resp.response, "reward": float(r),
-                   "source": resp.source, **{k: v for k, v in resp.meta.items()
-                                             if isinstance(v, (str, int, float, bool))}}
+            row = {
+                "prompt": resp.prompt,
+                "response": resp.response,
+                "reward": float(r),
+                "source": resp.source,
+                **{k: v for k, v in resp.meta.items() if isinstance(v, (str, int, float, bool))},
+            }
             f.write(json.dumps(row) + "\n")

@@ -36,7 +36,7 @@ def put_batch(batch: dict[str, np.ndarray], shardings) -> dict[str, jax.Array]:
         x = batch[k]
         if n > 1:
             rows = x.shape[0] // n
-            local = x[pid * rows:(pid + 1) * rows]
+            local = x[pid * rows : (pid + 1) * rows]
             out[k] = jax.make_array_from_process_local_data(sh, local, x.shape)
         else:
             out[k] = jax.device_put(x, sh)
@@ -63,12 +63,22 @@ def train(config, workdir: str) -> dict:
     plan = BatchPlan(data.lengths(), tcfg.batch_size, buckets, seed=config.seed, shuffle=True)
     pad_id = run.tokenizer.pad_token_id
     left = config.data.padding_side == "left"
-    example = collate_pairs(data, plan.at_step(0)[1], buckets[0], tcfg.batch_size, pad_id, left)
+    length0, idx0 = plan.at_step(0)
+    example = collate_pairs(data, idx0, length0, tcfg.batch_size, pad_id, left)
     b_sh = batch_shardings(run.mesh, run.rules, {k: v for k, v in example.items() if k != "index"})
-    train_step = make_train_step(run.graphdef, run.tx, config.loss, mesh=run.mesh, rules=run.rules,
-                                 state_shardings=run.shardings, dropout=tcfg.dropout)
+    train_step = make_train_step(
+        run.graphdef,
+        run.tx,
+        config.loss,
+        mesh=run.mesh,
+        rules=run.rules,
+        state_shardings=run.shardings,
+        dropout=tcfg.dropout,
+    )
 
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), tcfg.checkpoint_every, tcfg.keep_checkpoints)
+    ckpt = Checkpointer(
+        os.path.join(workdir, "checkpoints"), tcfg.checkpoint_every, tcfg.keep_checkpoints
+    )
     state = run.state
     restored = ckpt.restore(state)
     if restored is not None:
@@ -78,8 +88,9 @@ def train(config, workdir: str) -> dict:
     total = int(tcfg.steps) * int(tcfg.grad_accum)
     start = int(state.step)
     sums, count, tokens, t_first = {}, 0, 0.0, None
-    bar = tqdm.tqdm(total=total, initial=start, desc="train", disable=not tcfg.progress,
-                    dynamic_ncols=True)
+    bar = tqdm.tqdm(
+        total=total, initial=start, desc="train", disable=not tcfg.progress, dynamic_ncols=True
+    )
     for step in range(start, total):
         length, idx = plan.at_step(step)
         batch = put_batch(collate_pairs(data, idx, length, tcfg.batch_size, pad_id, left), b_sh)
