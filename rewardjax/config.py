@@ -84,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.mesh.num_devices = 0  # use the first N devices (0: all of them)
     c.mesh.rules = [list(r) if isinstance(r, tuple) else r for r in DEFAULT_RULES]
 
     c.eval = ml_collections.ConfigDict()

@@ -44,8 +44,9 @@ class BatchPlan:
         (evaluation; still bucketed).
     """
 
-    def __init__(self, lengths, batch_size: int, buckets: Sequence[int], seed: int = 0,
-                 shuffle: bool = True):
+    def __init__(
+        self, lengths, batch_size: int, buckets: Sequence[int], seed: int = 0, shuffle: bool = True
+    ):
         self.lengths = np.asarray(lengths, np.int64)
         if len(self.lengths) == 0:
             raise ValueError("cannot batch an empty dataset")
@@ -55,7 +56,9 @@ class BatchPlan:
         self.shuffle = shuffle
         self.bucket_ids = np.asarray([bucket_of(int(n), self.buckets) for n in self.lengths])
         # Batches per epoch does not depend on the shuffle: one partial batch per bucket at most.
-        counts = np.bincount(np.searchsorted(self.buckets, self.bucket_ids), minlength=len(self.buckets))
+        counts = np.bincount(
+            np.searchsorted(self.buckets, self.bucket_ids), minlength=len(self.buckets)
+        )
         self.batches_per_epoch = int(sum(-(-c // self.batch_size) for c in counts))
         self._cache: dict[int, list[tuple[int, np.ndarray]]] = {}
 
@@ -72,7 +75,7 @@ class BatchPlan:
         for b in self.buckets:
             idx = order[self.bucket_ids[order] == b]
             for start in range(0, len(idx), self.batch_size):
-                batches.append((b, idx[start:start + self.batch_size]))
+                batches.append((b, idx[start : start + self.batch_size]))
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
@@ -82,8 +85,9 @@ class BatchPlan:
         return self.epoch(e)[i]
 
 
-def pad_rows(seqs: Sequence[Encoded | None], length: int, rows: int, pad_id: int,
-             left: bool = False):
+def pad_rows(
+    seqs: Sequence[Encoded | None], length: int, rows: int, pad_id: int, left: bool = False
+):
     """Stacks sequences into ``[rows, length]`` ids, mask and token types (missing rows empty)."""
     ids = np.full((rows, length), pad_id, np.int32)
     mask = np.zeros((rows, length), np.int32)
@@ -92,6 +96,8 @@ def pad_rows(seqs: Sequence[Encoded | None], length: int, rows: int, pad_id: int
         if s is None:
             continue
         n = len(s.ids)
+        if n > length:
+            raise ValueError(f"row {i}: {n} tokens do not fit the padded length {length}")
         sl = slice(length - n, length) if left else slice(0, n)
         ids[i, sl] = s.ids
         mask[i, sl] = 1
@@ -99,8 +105,9 @@ def pad_rows(seqs: Sequence[Encoded | None], length: int, rows: int, pad_id: int
     return ids, mask, types
 
 
-def collate_pairs(data, indices: np.ndarray, length: int, batch_size: int, pad_id: int,
-                  left: bool = False) -> dict[str, np.ndarray]:
+def collate_pairs(
+    data, indices: np.ndarray, length: int, batch_size: int, pad_id: int, left: bool = False
+) -> dict[str, np.ndarray]:
     """Batch of pairs: ``input_ids/attention_mask/token_type_ids`` are ``[B, 2, L]``
     (index 0 = chosen, 1 = rejected); ``weights`` is 0 on filler rows; ``margin`` per pair."""
     idx = list(indices) + [None] * (batch_size - len(indices))
@@ -109,7 +116,9 @@ def collate_pairs(data, indices: np.ndarray, length: int, batch_size: int, pad_i
     c = pad_rows(chosen, length, batch_size, pad_id, left)
     r = pad_rows(rejected, length, batch_size, pad_id, left)
     weights = np.asarray([0.0 if i is None else 1.0 for i in idx], np.float32)
-    margin = np.asarray([0.0 if i is None else float(data.pairs[i].margin) for i in idx], np.float32)
+    margin = np.asarray(
+        [0.0 if i is None else float(data.pairs[i].margin) for i in idx], np.float32
+    )
     return {
         "input_ids": np.stack([c[0], r[0]], 1),
         "attention_mask": np.stack([c[1], r[1]], 1),
@@ -120,12 +129,19 @@ def collate_pairs(data, indices: np.ndarray, length: int, batch_size: int, pad_i
     }
 
 
-def collate_single(seqs: Sequence[Encoded], indices: np.ndarray, length: int, batch_size: int,
-                   pad_id: int, left: bool = False) -> dict[str, np.ndarray]:
+def collate_single(
+    seqs: Sequence[Encoded],
+    indices: np.ndarray,
+    length: int,
+    batch_size: int,
+    pad_id: int,
+    left: bool = False,
+) -> dict[str, np.ndarray]:
     """Batch of single sequences (scoring): ``[B, L]`` arrays plus ``index`` (-1 on filler)."""
     idx = list(indices) + [None] * (batch_size - len(indices))
-    ids, mask, types = pad_rows([None if i is None else seqs[i] for i in idx], length, batch_size,
-                                pad_id, left)
+    ids, mask, types = pad_rows(
+        [None if i is None else seqs[i] for i in idx], length, batch_size, pad_id, left
+    )
     return {
         "input_ids": ids,
         "attention_mask": mask,

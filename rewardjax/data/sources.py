@@ -70,7 +70,9 @@ def load_spec(spec: str, data_cfg) -> tuple[list[Pair], dict]:
     if spec.startswith("sim:"):
         split = spec[4:]
         if split not in SIM_SPLITS:
-            raise ValueError(f"unknown simulator split {split!r} in {spec!r}; choose from {SIM_SPLITS}")
+            raise ValueError(
+                f"unknown simulator split {split!r} in {spec!r}; choose from {SIM_SPLITS}"
+            )
         pairs = _simulated(data_cfg)[split]
         return pairs, {"source": spec, "kept": len(pairs)}
     from rewardjax.data import formats

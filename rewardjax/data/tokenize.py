@@ -77,7 +77,9 @@ class SequenceEncoder:
 
     def __init__(self, tokenizer, max_length: int, policy: str = "keep_end", mode: str = "auto"):
         if policy not in TRUNCATION_POLICIES:
-            raise ValueError(f"unknown truncation policy {policy!r}; choose from {TRUNCATION_POLICIES}")
+            raise ValueError(
+                f"unknown truncation policy {policy!r}; choose from {TRUNCATION_POLICIES}"
+            )
         if max_length < 8:
             raise ValueError(f"max_length must be at least 8, got {max_length}")
         self.tok = tokenizer
@@ -103,13 +105,17 @@ class SequenceEncoder:
         """Returns (prefix ids, prompt ids, middle ids, response ids, suffix ids, type split)."""
         if self.mode == "chat":
             msgs = list(prompt)
-            head = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) if msgs else ""
+            head = (
+                self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+                if msgs
+                else ""
+            )
             full = self.tok.apply_chat_template(
                 msgs + [{"role": "assistant", "content": response}], tokenize=False
             )
             if not full.startswith(head):  # templates that rewrite earlier turns: fall back
                 head = ""
-            return [], self._ids(head), [], self._ids(full[len(head):]), []
+            return [], self._ids(head), [], self._ids(full[len(head) :]), []
         if self.mode == "pair":
             cls, sep = self.tok.cls_token_id, self.tok.sep_token_id
             return [cls], self._ids(flatten_prompt(prompt)), [sep], self._ids(response), [sep]
@@ -131,7 +137,7 @@ class SequenceEncoder:
             # Prompt keeps at least half the budget (or all of itself if shorter); its start goes.
             keep_p = max(budget - len(r), min(len(p), budget // 2))
             if keep_p < len(p):
-                p = p[len(p) - keep_p:]
+                p = p[len(p) - keep_p :]
                 self.stats.prompt_truncated += 1
             if len(p) + len(r) > budget:
                 r = r[: budget - len(p)]
@@ -141,7 +147,9 @@ class SequenceEncoder:
         types = [0] * (len(pre) + len(p) + len(mid)) + [1] * (len(r) + len(post))
         if self.mode != "pair":
             types = [0] * len(ids)
-        return Encoded(np.asarray(ids, np.int32), np.asarray(types, np.int32), len(pre) + len(p) + len(mid))
+        return Encoded(
+            np.asarray(ids, np.int32), np.asarray(types, np.int32), len(pre) + len(p) + len(mid)
+        )
 
 
 @dataclasses.dataclass
@@ -200,15 +208,26 @@ def build_wordlevel_tokenizer(texts: Iterable[str], vocab_size: int = 8192, min_
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+    specials = [
+        "[PAD]",
+        "[UNK]",
+        "[BOS]",
+        "[EOS]",
+        "<|user|>",
+        "<|assistant|>",
+        "<|system|>",
+        "<|end|>",
+    ]
     counts: collections.Counter[str] = collections.Counter()
     pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     norm = normalizers.Lowercase()
     for text in texts:
         for word, _ in pre.pre_tokenize_str(norm.normalize_str(text)):
             counts[word] += 1
-    words = sorted((w for w, c in counts.items() if c >= min_frequency and w not in specials),
-                   key=lambda w: (-counts[w], w))
+    words = sorted(
+        (w for w, c in counts.items() if c >= min_frequency and w not in specials),
+        key=lambda w: (-counts[w], w),
+    )
     vocab = {t: i for i, t in enumerate(specials)}
     for w in words[: max(0, vocab_size - len(specials))]:
         vocab[w] = len(vocab)

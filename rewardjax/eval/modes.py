@@ -56,4 +56,3 @@ def score(config, workdir: str) -> str:
         write_scores(out, kept, rewards)
         print(f"scored {len(kept)} responses -> {out} (truncation: {run.encoder.stats.as_dict()})")
     return out
-

@@ -36,7 +36,9 @@ def segment_positions(segment_ids: jax.Array) -> jax.Array:
     seg = segment_ids.astype(jnp.int32)
     idx = jnp.arange(seg.shape[-1], dtype=jnp.int32)
     idx = jnp.broadcast_to(idx, seg.shape)
-    start = jnp.concatenate([jnp.ones_like(seg[..., :1]), (seg[..., 1:] != seg[..., :-1]).astype(jnp.int32)], -1)
+    start = jnp.concatenate(
+        [jnp.ones_like(seg[..., :1]), (seg[..., 1:] != seg[..., :-1]).astype(jnp.int32)], -1
+    )
     first = jax.lax.cummax(jnp.where(start > 0, idx, 0), axis=seg.ndim - 1)
     return jnp.where(seg > 0, idx - first, 0)
 

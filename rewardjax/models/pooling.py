@@ -31,7 +31,11 @@ def pool(hidden: jax.Array, attention_mask: jax.Array, kind: str) -> jax.Array:
         ``"mean"`` (mean over real tokens).
     """
     if kind == "last" or kind == "cls":
-        idx = last_token_index(attention_mask) if kind == "last" else first_token_index(attention_mask)
+        idx = (
+            last_token_index(attention_mask)
+            if kind == "last"
+            else first_token_index(attention_mask)
+        )
         out = jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]  # [B, D]
         return out.astype(jnp.float32)
     if kind == "mean":

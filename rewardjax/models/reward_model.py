@@ -34,35 +34,61 @@ class RewardModel(nnx.Module):
       uses_token_types: pass ``token_type_ids`` to the backbone (BERT-style encoders).
     """
 
-    def __init__(self, backbone: nnx.Module, head: nnx.Module, pooling: str,
-                 uses_token_types: bool = False):
+    def __init__(
+        self, backbone: nnx.Module, head: nnx.Module, pooling: str, uses_token_types: bool = False
+    ):
         self.backbone = backbone
         self.head = head
         self.pooling = pooling
         self.uses_token_types = uses_token_types
 
-    def features(self, input_ids: jax.Array, attention_mask: jax.Array, *,
-                 token_type_ids: jax.Array | None = None, dropout_rng: jax.Array | None = None,
-                 dropout_rate=None) -> jax.Array:
+    def features(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        *,
+        token_type_ids: jax.Array | None = None,
+        dropout_rng: jax.Array | None = None,
+        dropout_rate=None,
+    ) -> jax.Array:
         """Pooled features ``[B, D]`` in float32."""
         kwargs = {}
         if self.uses_token_types and token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        hidden = self.backbone(input_ids, attention_mask, dropout_rng=dropout_rng,
-                               dropout_rate=dropout_rate, **kwargs)  # [B, T, D]
+        hidden = self.backbone(
+            input_ids, attention_mask, dropout_rng=dropout_rng, dropout_rate=dropout_rate, **kwargs
+        )  # [B, T, D]
         return pool(hidden, attention_mask, self.pooling)
 
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, *,
-                 token_type_ids: jax.Array | None = None, dropout_rng: jax.Array | None = None,
-                 dropout_rate=None) -> jax.Array:
-        z = self.features(input_ids, attention_mask, token_type_ids=token_type_ids,
-                          dropout_rng=dropout_rng, dropout_rate=dropout_rate)
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        *,
+        token_type_ids: jax.Array | None = None,
+        dropout_rng: jax.Array | None = None,
+        dropout_rate=None,
+    ) -> jax.Array:
+        z = self.features(
+            input_ids,
+            attention_mask,
+            token_type_ids=token_type_ids,
+            dropout_rng=dropout_rng,
+            dropout_rate=dropout_rate,
+        )
         return self.head(z)
 
 
-def build_reward_model(backbone: nnx.Module, hidden_size: int, *, is_causal: bool,
-                       pooling: str = "auto", num_outputs: int = 1, seed: int = 0,
-                       uses_token_types: bool | None = None) -> RewardModel:
+def build_reward_model(
+    backbone: nnx.Module,
+    hidden_size: int,
+    *,
+    is_causal: bool,
+    pooling: str = "auto",
+    num_outputs: int = 1,
+    seed: int = 0,
+    uses_token_types: bool | None = None,
+) -> RewardModel:
     """Wraps a backbone with a freshly initialised linear head."""
     with nnx.use_eager_sharding(False):  # shardings are applied at the jit boundary instead
         head = LinearHead(hidden_size, num_outputs, rngs=nnx.Rngs(params=jax.random.key(seed + 1)))

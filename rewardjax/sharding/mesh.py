@@ -56,7 +56,9 @@ def make_mesh(shape: dict[str, int] | Sequence[int] | None = None, devices=None)
     elif isinstance(shape, dict):
         unknown = set(shape) - set(MESH_AXES)
         if unknown:
-            raise ValueError(f"unknown mesh axes {sorted(unknown)}; expected a subset of {MESH_AXES}")
+            raise ValueError(
+                f"unknown mesh axes {sorted(unknown)}; expected a subset of {MESH_AXES}"
+            )
         sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
     else:
         sizes = [int(s) for s in shape]
@@ -68,7 +70,9 @@ def make_mesh(shape: dict[str, int] | Sequence[int] | None = None, devices=None)
             raise ValueError(f"{n} devices cannot be split into mesh {sizes}")
         sizes[sizes.index(-1)] = n // known
     if int(np.prod(sizes)) != n:
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, have {n}")
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, have {n}"
+        )
     dev = np.asarray(devices).reshape(sizes)
     return Mesh(dev, MESH_AXES)
 

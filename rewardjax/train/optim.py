@@ -8,8 +8,9 @@ import optax
 SCHEDULES = ("cosine", "linear", "constant")
 
 
-def make_schedule(lr: float, steps: int, warmup_steps: int, kind: str = "cosine",
-                  end_factor: float = 0.0) -> optax.Schedule:
+def make_schedule(
+    lr: float, steps: int, warmup_steps: int, kind: str = "cosine", end_factor: float = 0.0
+) -> optax.Schedule:
     """Linear warmup to ``lr`` over ``warmup_steps``, then cosine / linear decay or constant."""
     warmup_steps = max(0, min(int(warmup_steps), int(steps)))
     decay_steps = max(1, int(steps) - warmup_steps)
@@ -45,8 +46,16 @@ def make_optimizer(cfg, steps: int | None = None) -> optax.GradientTransformatio
     parts = []
     if cfg.clip_norm and cfg.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay, mask=decay_mask))
+    parts.append(
+        optax.adamw(
+            schedule,
+            b1=cfg.b1,
+            b2=cfg.b2,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            mask=decay_mask,
+        )
+    )
     tx = optax.chain(*parts)
     if cfg.grad_accum > 1:
         # Each call consumes one micro-batch; the update lands every ``grad_accum`` calls.

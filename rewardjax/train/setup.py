@@ -34,9 +34,12 @@ def mesh_and_rules(config) -> tuple[Mesh, tuple]:
     from rewardjax.sharding import make_mesh
 
     shape = {k: int(v) for k, v in config.mesh.shape.items()}
-    rules = tuple((name, None if axes is None else tuple(axes) if isinstance(axes, (list, tuple))
-                   else axes) for name, axes in config.mesh.rules)
-    return make_mesh(shape), rules
+    rules = tuple(
+        (name, None if axes is None else tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+        for name, axes in config.mesh.rules
+    )
+    n = int(config.mesh.get("num_devices", 0))
+    return make_mesh(shape, devices=jax.devices()[:n] if n else None), rules
 
 
 @dataclasses.dataclass
@@ -97,21 +100,28 @@ def build_run(config, workdir: str, train_pairs=None) -> Run:
         spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, **overrides))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    encoder = SequenceEncoder(tokenizer, config.model.max_length, config.data.truncation,
-                              config.data.encoding)
+    encoder = SequenceEncoder(
+        tokenizer, config.model.max_length, config.data.truncation, config.data.encoding
+    )
     dtype, param_dtype = dtype_of(config.model.dtype), dtype_of(config.model.param_dtype)
 
     def build():
         backbone = registry.create(spec, dtype=dtype, param_dtype=param_dtype, seed=config.seed)
-        return build_reward_model(backbone, spec.config.hidden_size, is_causal=spec.is_causal,
-                                  pooling=config.model.pooling, seed=config.seed)
+        return build_reward_model(
+            backbone,
+            spec.config.hidden_size,
+            is_causal=spec.is_causal,
+            pooling=config.model.pooling,
+            seed=config.seed,
+        )
 
     weights = None
     if spec.load_weights is not None:
         weights = lambda g, p, f, sh: load_pretrained(spec, p, f, sh)  # noqa: E731
     tx = make_optimizer(config.train)
-    graphdef, state, shardings = init_state(build, tx, mesh, rules, seed=config.seed,
-                                            trainable=config.train.trainable, weights=weights)
+    graphdef, state, shardings = init_state(
+        build, tx, mesh, rules, seed=config.seed, trainable=config.train.trainable, weights=weights
+    )
     return Run(config, mesh, rules, spec, tokenizer, encoder, graphdef, state, shardings, tx)
 
 
@@ -130,11 +140,15 @@ def load_pretrained(spec, params, frozen, shardings):
                 continue
             key = path[1:]
             if key not in flat_loaded:
-                raise ValueError(f"{spec.source}: no weight for parameter {'/'.join(map(str, key))}")
+                raise ValueError(
+                    f"{spec.source}: no weight for parameter {'/'.join(map(str, key))}"
+                )
             arr = np.asarray(flat_loaded[key])
             if arr.shape != tuple(value.shape):
-                raise ValueError(f"{spec.source}: {'/'.join(map(str, key))} has shape {arr.shape}, "
-                                 f"model expects {tuple(value.shape)}")
+                raise ValueError(
+                    f"{spec.source}: {'/'.join(map(str, key))} has shape {arr.shape}, "
+                    f"model expects {tuple(value.shape)}"
+                )
             target = _get(sh_pure, path) if sh_pure is not None else None
             _set(pure, path, jax.device_put(arr.astype(value.dtype), target))
             used.add(key)

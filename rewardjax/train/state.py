@@ -45,7 +45,9 @@ def split_model(model: nnx.Module, trainable: str = ".*"):
     graphdef, params, frozen = nnx.split(model, trainable_filter(trainable), ...)
     if not jax.tree.leaves(params):
         names = [path_str(p) for p, _ in nnx.to_flat_state(nnx.state(model))][:8]
-        raise ValueError(f"train.trainable={trainable!r} matches no parameter; paths look like {names}")
+        raise ValueError(
+            f"train.trainable={trainable!r} matches no parameter; paths look like {names}"
+        )
     return graphdef, params, frozen
 
 
@@ -53,8 +55,16 @@ def count_params(tree) -> int:
     return int(sum(x.size for x in jax.tree.leaves(tree)))
 
 
-def init_state(build_model, tx: optax.GradientTransformation, mesh, rules, *, seed: int,
-               trainable: str = ".*", weights=None):
+def init_state(
+    build_model,
+    tx: optax.GradientTransformation,
+    mesh,
+    rules,
+    *,
+    seed: int,
+    trainable: str = ".*",
+    weights=None,
+):
     """Builds the sharded train state without ever materialising it unsharded.
 
     Args:
@@ -87,6 +97,11 @@ def init_state(build_model, tx: optax.GradientTransformation, mesh, rules, *, se
     # shardings; counts come out replicated. The state's shardings are read back from it.
     opt_state = jax.jit(tx.init)(params)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    # Scalars (step counts) come out on a single device; give them the mesh's replicated
+    # sharding so the state's shardings equal the step's out_shardings (no second trace).
+    opt_state = jax.tree.map(
+        lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding)
+        else jax.device_put(x, replicated), opt_state)
     state = TrainState(
         step=jax.device_put(jnp.zeros((), jnp.int32), replicated),
         params=params,

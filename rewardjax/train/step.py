@@ -19,9 +19,16 @@ from rewardjax.train.state import TrainState
 def pair_rewards(model, batch: dict[str, jax.Array], dropout_rng=None):
     """Rewards of chosen and rejected, each ``[B]``, from one forward over ``[2B, L]`` rows."""
     b, two, length = batch["input_ids"].shape
-    flat = {k: batch[k].reshape(b * two, length) for k in ("input_ids", "attention_mask", "token_type_ids")}
-    r = model(flat["input_ids"], flat["attention_mask"], token_type_ids=flat["token_type_ids"],
-              dropout_rng=dropout_rng)  # [2B]
+    flat = {
+        k: batch[k].reshape(b * two, length)
+        for k in ("input_ids", "attention_mask", "token_type_ids")
+    }
+    r = model(
+        flat["input_ids"],
+        flat["attention_mask"],
+        token_type_ids=flat["token_type_ids"],
+        dropout_rng=dropout_rng,
+    )  # [2B]
     r = r.reshape(b, two)
     return r[:, 0], r[:, 1]
 
@@ -36,8 +43,17 @@ def batch_shardings(mesh, rules, batch_like: dict[str, Any]):
     return {k: one(v) for k, v in batch_like.items()}
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, loss_cfg, *, mesh, rules,
-                    state_shardings, dropout: bool = True, trace_guard=None) -> Callable:
+def make_train_step(
+    graphdef,
+    tx: optax.GradientTransformation,
+    loss_cfg,
+    *,
+    mesh,
+    rules,
+    state_shardings,
+    dropout: bool = True,
+    trace_guard=None,
+) -> Callable:
     """Returns ``train_step(state, batch) -> (state, metrics)``, jitted with donation.
 
     The step's rng is ``fold_in(state.rng, state.step)`` so it depends only on the step number
@@ -53,8 +69,13 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss_cfg, *, mes
                 model = nnx.merge(graphdef, params, state.frozen)
                 rc, rr = pair_rewards(model, batch, rng if dropout else None)
                 margin = loss_cfg.margin + (batch["margin"] if loss_cfg.use_data_margin else 0.0)
-                return bradley_terry_loss(rc, rr, margin=margin, center_coef=loss_cfg.center_coef,
-                                          weights=batch["weights"])
+                return bradley_terry_loss(
+                    rc,
+                    rr,
+                    margin=margin,
+                    center_coef=loss_cfg.center_coef,
+                    weights=batch["weights"],
+                )
 
             (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
             grad_norm = optax.global_norm(grads)
@@ -69,14 +90,22 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss_cfg, *, mes
                 opt_state=keep(opt_state, state.opt_state),
                 rng=state.rng,
             )
-            metrics = dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32),
-                           real_tokens=jnp.sum(batch["attention_mask"] * batch["weights"][:, None, None]))
+            metrics = dict(
+                metrics,
+                grad_norm=grad_norm,
+                finite=finite.astype(jnp.float32),
+                real_tokens=jnp.sum(batch["attention_mask"] * batch["weights"][:, None, None]),
+            )
             return new_state, metrics
 
     if trace_guard is not None:  # e.g. chex.assert_max_traces(n=1) in tests
         step = trace_guard(step)
-    return jax.jit(step, in_shardings=(state_shardings, None), out_shardings=(state_shardings, None),
-                   donate_argnums=(0,))
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, None),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
 
 
 def make_score_fn(graphdef, *, mesh, rules) -> Callable:
@@ -85,7 +114,8 @@ def make_score_fn(graphdef, *, mesh, rules) -> Callable:
     def score(params, frozen, batch):
         with axis_rules(mesh, rules):
             model = nnx.merge(graphdef, params, frozen)
-            return model(batch["input_ids"], batch["attention_mask"],
-                         token_type_ids=batch["token_type_ids"])
+            return model(
+                batch["input_ids"], batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+            )
 
     return jax.jit(score)

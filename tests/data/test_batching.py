@@ -60,16 +60,19 @@ def test_truncation_keeps_prompt_end_and_response_start_and_counts(tok):
 
 def test_drop_policy_counts(tok):
     enc = SequenceEncoder(tok, 10, policy="drop")
-    pairs = [Pair([{"role": "user", "content": "hello"}], "fine", "thanks"),
-             Pair([{"role": "user", "content": " ".join(["w1"] * 40)}], "fine", "thanks")]
+    pairs = [
+        Pair([{"role": "user", "content": "hello"}], "fine", "thanks"),
+        Pair([{"role": "user", "content": " ".join(["w1"] * 40)}], "fine", "thanks"),
+    ]
     data = encode_pairs(pairs, enc)
     assert len(data) == 1 and data.stats.dropped == 2  # both sides of the long pair
 
 
 def test_collate_shapes_and_filler_rows(tok):
     enc = SequenceEncoder(tok, 32)
-    pairs = [Pair([{"role": "user", "content": "hello world"}], "fine thanks", "w1 w2 w3",
-                  margin=0.5)] * 3
+    pairs = [
+        Pair([{"role": "user", "content": "hello world"}], "fine thanks", "w1 w2 w3", margin=0.5)
+    ] * 3
     data = encode_pairs(pairs, enc)
     b = collate_pairs(data, np.array([0, 2]), 32, 4, tok.pad_token_id)
     assert b["input_ids"].shape == (4, 2, 32)

@@ -30,6 +30,6 @@ def tiny_run(workdir, config=None, **mesh_shape):
     return config, run, data
 
 
-def fixed_batch(run, data, rows=8, length=64, start=0):
+def fixed_batch(run, data, rows=8, length=128, start=0):
     idx = np.arange(start, start + rows)
     return collate_pairs(data, idx, length, rows, run.tokenizer.pad_token_id)

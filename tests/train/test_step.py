@@ -13,8 +13,15 @@ from tests.train.helpers import ROOT, fixed_batch, tiny_run
 
 
 def _step_fn(config, run, **kw):
-    return make_train_step(run.graphdef, run.tx, config.loss, mesh=run.mesh, rules=run.rules,
-                           state_shardings=run.shardings, **kw)
+    return make_train_step(
+        run.graphdef,
+        run.tx,
+        config.loss,
+        mesh=run.mesh,
+        rules=run.rules,
+        state_shardings=run.shardings,
+        **kw,
+    )
 
 
 def _put(run, batch):
@@ -50,9 +57,16 @@ def test_nan_guard_skips_update_and_reports(tmp_path):
 
 
 def test_sharded_equals_unsharded_on_8_cpu_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "train", "sharded_check.py")],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "train", "sharded_check.py")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     assert "OK" in r.stdout

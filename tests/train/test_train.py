@@ -22,8 +22,12 @@ def _final_params(workdir):
 
 
 def test_resume_after_kill_equals_uninterrupted(tmp_path):
-    common = [f"--config={CFG}:runlocal", "--config.train.progress=False",
-              "--config.train.steps=8", "--config.train.checkpoint_every=3"]
+    common = [
+        f"--config={CFG}:runlocal",
+        "--config.train.progress=False",
+        "--config.train.steps=8",
+        "--config.train.checkpoint_every=3",
+    ]
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     r = run_module(common + [f"--workdir={straight}"])
     assert r.returncode == 0, r.stderr[-3000:]
@@ -66,14 +70,28 @@ def test_cli_train_eval_score_and_outputs(tmp_path):
 
     inp = tmp_path / "samples.jsonl"
     inp.write_text(
-        json.dumps({"prompt": "What is the capital of France?", "response": "Paris."}) + "\n"
-        + json.dumps({"messages": [{"role": "user", "content": "hi"},
-                                   {"role": "assistant", "content": "hello there"}]}) + "\n"
+        json.dumps({"prompt": "What is the capital of France?", "response": "Paris."})
+        + "\n"
+        + json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "hello there"},
+                ]
+            }
+        )
+        + "\n"
     )
     out = tmp_path / "scores.jsonl"
-    r = run_module([f"--config={CFG}:runlocal", "--config.mode=score",
-                    f"--config.score.input={inp}", f"--config.score.output={out}",
-                    f"--workdir={wd}"])
+    r = run_module(
+        [
+            f"--config={CFG}:runlocal",
+            "--config.mode=score",
+            f"--config.score.input={inp}",
+            f"--config.score.output={out}",
+            f"--workdir={wd}",
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     scored = [json.loads(line) for line in open(out)]
     assert len(scored) == 2 and all(np.isfinite(s["reward"]) for s in scored)
@@ -81,16 +99,23 @@ def test_cli_train_eval_score_and_outputs(tmp_path):
 
 
 def test_misspelt_config_key_is_an_error(tmp_path):
-    r = run_module([f"--config={CFG}:runlocal", "--config.train.stepz=3",
-                    f"--workdir={tmp_path}"])
+    r = run_module([f"--config={CFG}:runlocal", "--config.train.stepz=3", f"--workdir={tmp_path}"])
     assert r.returncode != 0
     assert "stepz" in r.stderr
 
 
 def test_bad_input_file_error_names_file_and_record(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')
-    r = run_module([f"--config={CFG}:runlocal", f"--config.data.train={bad}",
-                    "--config.data.eval=", f"--workdir={tmp_path / 'w'}"])
+    bad.write_text(
+        '{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n'
+    )
+    r = run_module(
+        [
+            f"--config={CFG}:runlocal",
+            f"--config.data.train={bad}",
+            "--config.data.eval=",
+            f"--workdir={tmp_path / 'w'}",
+        ]
+    )
     assert r.returncode != 0
     assert "bad.jsonl" in r.stderr and "2" in r.stderr and "rejected" in r.stderr
