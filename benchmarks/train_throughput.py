@@ -85,6 +85,7 @@ def run_rewardjax(path, seqs, batch_size, steps, warmup, length, setting):
     c.model.max_length = length
     c.train.lr = 2e-5
     c.train.steps = 1000
+    c.model.overrides = "scan_unroll=6"  # unrolled layers are ~10% faster on XLA:CPU
     run = build_run(c, "/tmp/rewardjax_bench", [])
     step = make_train_step(
         run.graphdef,

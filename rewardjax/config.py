@@ -37,7 +37,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.pooling = "auto"  # auto (last for causal LMs, mean for encoders) | last | cls | mean
     c.model.max_length = 512
     c.model.vocab_size = 8192  # word-level tokenizer size for random backbones
-    c.model.overrides = ml_collections.ConfigDict()  # backbone config fields, e.g. remat
+    # Backbone config fields as "key=value,...", e.g. "remat=full,scan_unroll=6".
+    c.model.overrides = ""
 
     c.data = ml_collections.ConfigDict()
     c.data.train = "sim:train"

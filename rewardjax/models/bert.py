@@ -55,6 +55,7 @@ class BertConfig:
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     remat: str = "none"
+    scan_unroll: int = 1  # layers per scan iteration (see LlamaConfig)
     initializer_range: float = 0.02
     pad_token_id: int = 0
 
@@ -231,4 +232,5 @@ class Bert(nnx.Module):
         def step(layer, h, key):
             return layer(h, bias, rates, key)
 
-        return scan_layers(self.layers, x, step, layer_rng, c.num_layers, c.remat)
+        return scan_layers(self.layers, x, step, layer_rng, c.num_layers, c.remat,
+                           c.scan_unroll)

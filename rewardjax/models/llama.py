@@ -68,6 +68,7 @@ class LlamaConfig:
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     remat: str = "none"
+    scan_unroll: int = 1  # layers per scan iteration; unrolling helps XLA:CPU (~10% on MiniLM)
     initializer_range: float = 0.02
     model_type: str = "llama"
 
@@ -402,7 +403,7 @@ def stack_layers(make: Callable[[nnx.Rngs], nnx.Module], num_layers: int,
 
 
 def scan_layers(layers: nnx.Module, x: jax.Array, step: Callable, rng: jax.Array | None,
-                num_layers: int, remat: str = "none") -> jax.Array:
+                num_layers: int, remat: str = "none", unroll: int = 1) -> jax.Array:
     """Runs ``step(layer, x, rng) -> x`` over the stacked ``layers`` with ``lax.scan``.
 
     The stacked module is split into a graph definition and a state with a leading layer axis;
@@ -417,7 +418,7 @@ def scan_layers(layers: nnx.Module, x: jax.Array, step: Callable, rng: jax.Array
 
     if remat != "none":
         body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)
-    x, _ = jax.lax.scan(body, x, (state, rngs))
+    x, _ = jax.lax.scan(body, x, (state, rngs), unroll=max(1, min(int(unroll), num_layers)))
     return x
 
 
@@ -481,7 +482,7 @@ class Llama(nnx.Module):
         def step(layer, h, key):
             return layer(h, bias, rope, rates, key)
 
-        x = scan_layers(self.layers, x, step, dropout_rng, c.num_layers, c.remat)
+        x = scan_layers(self.layers, x, step, dropout_rng, c.num_layers, c.remat, c.scan_unroll)
         return self.final_norm(x)
 
     def logits(self, hidden: jax.Array) -> jax.Array:

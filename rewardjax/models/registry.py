@@ -97,7 +97,7 @@ def _usage(path: str) -> str:
         f"[?key=value&...]' (e.g. 'random:llama?hidden_size=64&num_layers=2').")
 
 
-def _parse_value(text: str):
+def parse_value(text: str):
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -123,7 +123,7 @@ def _random_spec(path: str) -> BackboneSpec:
         if key not in fields:
             raise ValueError(f"unknown override {key!r} in {path!r}; {cls.__name__} fields: "
                              f"{sorted(fields)}")
-        overrides[key] = _parse_value(value)
+        overrides[key] = parse_value(value)
     config = cls(**{**defaults, **overrides})
     family = "bert" if cls is BertConfig else "llama"
     return BackboneSpec(family, config, None, family == "llama", path, None)

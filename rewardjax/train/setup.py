@@ -30,6 +30,20 @@ def dtype_of(name: str):
     return DTYPES[name]
 
 
+def parse_overrides(text: str) -> dict:
+    """``"remat=full,scan_unroll=6"`` -> backbone config fields (typed like the registry's)."""
+    from rewardjax.models.registry import parse_value
+
+    out = {}
+    for item in (text or "").split(","):
+        if item.strip():
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"model.overrides item {item!r} is not key=value")
+            out[key.strip()] = parse_value(value.strip())
+    return out
+
+
 def mesh_and_rules(config) -> tuple[Mesh, tuple]:
     from rewardjax.sharding import make_mesh
 
@@ -93,7 +107,7 @@ def build_run(config, workdir: str, train_pairs=None) -> Run:
     mesh, rules = mesh_and_rules(config)
     spec = registry.resolve(config.model.path)
     tokenizer = get_tokenizer(config, spec, workdir, lambda: pair_texts(train_pairs or []))
-    overrides = dict(config.model.overrides) if config.model.get("overrides") else {}
+    overrides = parse_overrides(config.model.overrides)
     if spec.tokenizer is None:  # random backbone: the vocabulary comes from our tokenizer
         overrides["vocab_size"] = len(tokenizer)
     if overrides:  # e.g. remat policy or dropout for a pretrained backbone

@@ -17,8 +17,10 @@ def tok():
 
 
 def test_buckets():
-    assert default_buckets(512) == (64, 128, 256, 512)
+    assert default_buckets(512) == (64, 96, 160, 256, 384, 512)
     assert default_buckets(100) == (64, 100)
+    assert default_buckets(192) == (64, 96, 160, 192)
+    assert default_buckets(40) == (40,)
     assert bucket_of(65, (64, 128)) == 128
     with pytest.raises(ValueError, match="exceeds"):
         bucket_of(129, (64, 128))
