@@ -99,7 +99,10 @@ class SequenceEncoder:
 
     # -- rendering -------------------------------------------------------------------------
     def _ids(self, text: str) -> list[int]:
-        return list(self.tok(text, add_special_tokens=False)["input_ids"]) if text else []
+        if not text:
+            return []
+        # verbose=False: we truncate by our own policy, the tokenizer's length warning misleads.
+        return list(self.tok(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def _split(self, prompt: Sequence[dict[str, str]], response: str):
         """Returns (prefix ids, prompt ids, middle ids, response ids, suffix ids, type split)."""

@@ -1,0 +1,41 @@
+"""Reward-model ensembles: combining predictions and averaging weights (WARM)."""
+
+from rewardjax.ensembles.predictions import (
+    METHODS,
+    combine,
+    mean_minus_std_reward,
+    mean_reward,
+    median_reward,
+    member_disagreement,
+    min_reward,
+    uwo_reward,
+)
+from rewardjax.ensembles.weights import (
+    interpolate,
+    interpolation_path,
+    member,
+    num_members,
+    stack,
+    uniform_average,
+    unstack,
+    weighted_average,
+)
+
+__all__ = [
+    "METHODS",
+    "combine",
+    "interpolate",
+    "interpolation_path",
+    "mean_minus_std_reward",
+    "mean_reward",
+    "median_reward",
+    "member",
+    "member_disagreement",
+    "min_reward",
+    "num_members",
+    "stack",
+    "uniform_average",
+    "unstack",
+    "uwo_reward",
+    "weighted_average",
+]
