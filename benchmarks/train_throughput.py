@@ -78,7 +78,6 @@ def run_rewardjax(path, seqs, batch_size, steps, warmup, length, setting):
     from rewardjax.data.records import Pair
     from rewardjax.data.tokenize import Encoded, EncodedPairs, TruncationStats
     from rewardjax.train.setup import build_run
-    from rewardjax.train.step import batch_shardings, make_train_step
 
     c = base_config()
     c.model.path = path
@@ -87,15 +86,7 @@ def run_rewardjax(path, seqs, batch_size, steps, warmup, length, setting):
     c.train.steps = 1000
     c.model.overrides = "scan_unroll=6"  # unrolled layers are ~10% faster on XLA:CPU
     run = build_run(c, "/tmp/rewardjax_bench", [])
-    step = make_train_step(
-        run.graphdef,
-        run.tx,
-        c.loss,
-        mesh=run.mesh,
-        rules=run.rules,
-        state_shardings=run.shardings,
-        dropout=False,
-    )
+    step = run.train_step(dropout=False)
     z = lambda ids: Encoded(ids, np.zeros_like(ids), 0)  # noqa: E731
     data = EncodedPairs(
         [z(a) for a, _ in seqs],
@@ -107,18 +98,16 @@ def run_rewardjax(path, seqs, batch_size, steps, warmup, length, setting):
     plan = BatchPlan(data.lengths(), batch_size, buckets, seed=0, shuffle=True)
     pad = run.tokenizer.pad_token_id if run.tokenizer is not None else 0
     batches = [collate_pairs(data, idx, n, batch_size, pad) for n, idx in plan.epoch(0)]
-    sh = batch_shardings(run.mesh, run.rules, {k: v for k, v in batches[0].items() if k != "index"})
-    put = lambda b: {k: jax.device_put(b[k], s) for k, s in sh.items()}  # noqa: E731
     state = run.state
     # Compile every bucket shape once before timing.
     for b in {b["input_ids"].shape[-1]: b for b in batches}.values():
-        state, m = step(state, put(b))
+        state, m = step(state, run.place(b))
     jax.block_until_ready(m["loss"])
     tokens = padded = 0
     t0 = time.perf_counter()
     for i in range(steps):
         b = batches[i % len(batches)]
-        state, m = step(state, put(b))
+        state, m = step(state, run.place(b))
         tokens += int(b["attention_mask"].sum())
         padded += int(b["attention_mask"].size)
     jax.block_until_ready(m["loss"])

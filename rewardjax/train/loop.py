@@ -9,7 +9,6 @@ import signal
 import time
 
 import jax
-import numpy as np
 import tqdm
 
 from rewardjax.data.batching import BatchPlan, collate_pairs, default_buckets
@@ -19,28 +18,12 @@ from rewardjax.eval.runner import evaluate_sets, format_table
 from rewardjax.train.checkpoint import Checkpointer
 from rewardjax.train.logging import MetricsWriter, to_python
 from rewardjax.train.setup import build_run
-from rewardjax.train.step import batch_shardings, make_train_step
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(RuntimeError):
     """Raised when a step produces a NaN/inf loss or gradient."""
-
-
-def put_batch(batch: dict[str, np.ndarray], shardings) -> dict[str, jax.Array]:
-    """Places a global host batch on the mesh; with several hosts each feeds its own rows."""
-    n, pid = jax.process_count(), jax.process_index()
-    out = {}
-    for k, sh in shardings.items():
-        x = batch[k]
-        if n > 1:
-            rows = x.shape[0] // n
-            local = x[pid * rows : (pid + 1) * rows]
-            out[k] = jax.make_array_from_process_local_data(sh, local, x.shape)
-        else:
-            out[k] = jax.device_put(x, sh)
-    return out
 
 
 def train(config, workdir: str) -> dict:
@@ -63,18 +46,7 @@ def train(config, workdir: str) -> dict:
     plan = BatchPlan(data.lengths(), tcfg.batch_size, buckets, seed=config.seed, shuffle=True)
     pad_id = run.tokenizer.pad_token_id
     left = config.data.padding_side == "left"
-    length0, idx0 = plan.at_step(0)
-    example = collate_pairs(data, idx0, length0, tcfg.batch_size, pad_id, left)
-    b_sh = batch_shardings(run.mesh, run.rules, {k: v for k, v in example.items() if k != "index"})
-    train_step = make_train_step(
-        run.graphdef,
-        run.tx,
-        config.loss,
-        mesh=run.mesh,
-        rules=run.rules,
-        state_shardings=run.shardings,
-        dropout=tcfg.dropout,
-    )
+    train_step = run.train_step(dropout=tcfg.dropout)
 
     ckpt = Checkpointer(
         os.path.join(workdir, "checkpoints"), tcfg.checkpoint_every, tcfg.keep_checkpoints
@@ -93,7 +65,7 @@ def train(config, workdir: str) -> dict:
     )
     for step in range(start, total):
         length, idx = plan.at_step(step)
-        batch = put_batch(collate_pairs(data, idx, length, tcfg.batch_size, pad_id, left), b_sh)
+        batch = run.place(collate_pairs(data, idx, length, tcfg.batch_size, pad_id, left))
         state, metrics = train_step(state, batch)
         metrics = jax.device_get(metrics)
         if not metrics["finite"]:

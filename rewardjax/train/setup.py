@@ -18,6 +18,7 @@ from rewardjax.models import registry
 from rewardjax.models.reward_model import build_reward_model
 from rewardjax.train.optim import make_optimizer
 from rewardjax.train.state import init_state
+from rewardjax.train.step import make_train_step, place_batch
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,16 @@ class Run:
     state: Any
     shardings: Any
     tx: Any
+
+    def train_step(self, *, dropout: bool = True, trace_guard=None):
+        """The jitted Bradley-Terry step for this run's model, optimizer and mesh."""
+        return make_train_step(self.graphdef, self.tx, self.config.loss, mesh=self.mesh,
+                               rules=self.rules, state_shardings=self.shardings,
+                               dropout=dropout, trace_guard=trace_guard)
+
+    def place(self, batch: dict) -> dict:
+        """A host batch placed on this run's mesh (rows split over the batch axes)."""
+        return place_batch(batch, self.mesh, self.rules)
 
 
 def get_tokenizer(config, spec, workdir: str, texts_fn):

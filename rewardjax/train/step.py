@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding
@@ -33,6 +34,9 @@ def pair_rewards(model, batch: dict[str, jax.Array], dropout_rng=None):
     return r[:, 0], r[:, 1]
 
 
+HOST_ONLY_KEYS = ("index",)  # bookkeeping that stays on the host
+
+
 def batch_shardings(mesh, rules, batch_like: dict[str, Any]):
     """Batch arrays are split over the ``batch`` logical axis (data and fsdp mesh axes)."""
 
@@ -40,7 +44,22 @@ def batch_shardings(mesh, rules, batch_like: dict[str, Any]):
         names = ("batch",) + (None,) * (len(x.shape) - 1)
         return NamedSharding(mesh, logical_to_spec(names, rules, mesh, x.shape))
 
-    return {k: one(v) for k, v in batch_like.items()}
+    return {k: one(v) for k, v in batch_like.items() if k not in HOST_ONLY_KEYS}
+
+
+def place_batch(batch: dict[str, np.ndarray], mesh, rules) -> dict[str, jax.Array]:
+    """Places a global host batch on the mesh; with several hosts each feeds its own rows."""
+    n, pid = jax.process_count(), jax.process_index()
+    out = {}
+    for k, sh in batch_shardings(mesh, rules, batch).items():
+        x = batch[k]
+        if n > 1:
+            rows = x.shape[0] // n
+            local = x[pid * rows : (pid + 1) * rows]
+            out[k] = jax.make_array_from_process_local_data(sh, local, x.shape)
+        else:
+            out[k] = jax.device_put(x, sh)
+    return out
 
 
 def make_train_step(

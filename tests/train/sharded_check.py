@@ -9,7 +9,6 @@ import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
 
-from rewardjax.train.step import batch_shardings, make_train_step  # noqa: E402
 from tests.train.helpers import fixed_batch, load_recipe, tiny_run  # noqa: E402
 
 SHAPES = [
@@ -32,20 +31,11 @@ def run_steps(model_path, shape):
     config.loss.center_coef = 0.01
     with tempfile.TemporaryDirectory() as wd:
         config, run, data = tiny_run(wd, config)
-        step = make_train_step(
-            run.graphdef,
-            run.tx,
-            config.loss,
-            mesh=run.mesh,
-            rules=run.rules,
-            state_shardings=run.shardings,
-            dropout=False,
-        )
+        step = run.train_step(dropout=False)
         state, losses = run.state, []
         for i in range(2):
             b = fixed_batch(run, data, rows=8, start=8 * i)
-            sh = batch_shardings(run.mesh, run.rules, {k: v for k, v in b.items() if k != "index"})
-            state, m = step(state, {k: jax.device_put(b[k], s) for k, s in sh.items()})
+            state, m = step(state, run.place(b))
             losses.append(float(m["loss"]))
         n_sharded = sum(
             1

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from rewardjax.train.optim import make_schedule
-from rewardjax.train.step import batch_shardings, make_train_step
 from tests.train.helpers import fixed_batch, load_recipe, tiny_run
 
 
@@ -32,13 +31,11 @@ def _train(tmp_path, accum, rows, batches):
     config.train.clip_norm = 0.0  # clipping per micro-batch would differ from the big batch
     config.loss.center_coef = 0.01  # pins the reward-offset direction (see sharded_check.py)
     config, run, data = tiny_run(tmp_path, config)
-    step = make_train_step(run.graphdef, run.tx, config.loss, mesh=run.mesh, rules=run.rules,
-                           state_shardings=run.shardings, dropout=False)
+    step = run.train_step(dropout=False)
     state = run.state
     for start in batches:
         b = fixed_batch(run, data, rows=rows, start=start)
-        sh = batch_shardings(run.mesh, run.rules, {k: v for k, v in b.items() if k != "index"})
-        state, _ = step(state, {k: jax.device_put(b[k], s) for k, s in sh.items()})
+        state, _ = step(state, run.place(b))
     return [np.asarray(x) for x in jax.tree.leaves(state.params)]
 
 

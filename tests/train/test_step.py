@@ -8,34 +8,16 @@ import chex
 import jax
 import numpy as np
 
-from rewardjax.train.step import batch_shardings, make_train_step
 from tests.train.helpers import ROOT, fixed_batch, tiny_run
-
-
-def _step_fn(config, run, **kw):
-    return make_train_step(
-        run.graphdef,
-        run.tx,
-        config.loss,
-        mesh=run.mesh,
-        rules=run.rules,
-        state_shardings=run.shardings,
-        **kw,
-    )
-
-
-def _put(run, batch):
-    sh = batch_shardings(run.mesh, run.rules, {k: v for k, v in batch.items() if k != "index"})
-    return {k: jax.device_put(batch[k], s) for k, s in sh.items()}
 
 
 def test_step_traces_once_and_learns(tmp_path):
     config, run, data = tiny_run(tmp_path)
-    step = _step_fn(config, run, trace_guard=chex.assert_max_traces(n=1))
+    step = run.train_step(trace_guard=chex.assert_max_traces(n=1))
     state = run.state
     losses = []
     for i in range(4):
-        state, m = step(state, _put(run, fixed_batch(run, data, start=8 * (i % 2))))
+        state, m = step(state, run.place(fixed_batch(run, data, start=8 * (i % 2))))
         losses.append(float(m["loss"]))
     assert int(state.step) == 4
     assert np.isfinite(losses).all()
@@ -45,11 +27,11 @@ def test_nan_guard_skips_update_and_reports(tmp_path):
     config, run, data = tiny_run(tmp_path)
     config.loss.unlock()
     config.loss.use_data_margin = True
-    step = _step_fn(config, run)
+    step = run.train_step()
     before = jax.tree.map(np.asarray, run.state.params)
     batch = fixed_batch(run, data)
     batch["margin"][:] = np.nan
-    state, m = step(run.state, _put(run, batch))
+    state, m = step(run.state, run.place(batch))
     assert float(m["finite"]) == 0.0
     after = jax.tree.map(np.asarray, state.params)
     for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
