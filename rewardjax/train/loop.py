@@ -121,8 +121,6 @@ def train(config, workdir: str) -> dict:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(to_python(summary), f, indent=2)
         print(format_table(summary))
-    run.state = state
-    summary["_run"] = run
     return summary
 
 
