@@ -56,6 +56,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.sim.num_eval = 500
     c.data.sim.flip_rate = 0.0
 
+    c.lora = ml_collections.ConfigDict()
+    c.lora.enabled = False  # adapters on the backbone; trains adapters + head unless
+    c.lora.rank = 8  # train.trainable says otherwise
+    c.lora.alpha = 16.0
+    c.lora.dropout = 0.0
+    c.lora.targets = r"(q_proj|v_proj)$"  # regex over module paths
+
     c.loss = ml_collections.ConfigDict()
     c.loss.margin = 0.0
     c.loss.use_data_margin = False

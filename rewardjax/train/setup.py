@@ -119,8 +119,8 @@ def build_run(config, workdir: str, train_pairs=None) -> Run:
     spec = registry.resolve(config.model.path)
     tokenizer = get_tokenizer(config, spec, workdir, lambda: pair_texts(train_pairs or []))
     overrides = parse_overrides(config.model.overrides)
-    if spec.tokenizer is None:  # random backbone: the vocabulary comes from our tokenizer
-        overrides["vocab_size"] = len(tokenizer)
+    if spec.tokenizer is None and spec.load_weights is None:
+        overrides["vocab_size"] = len(tokenizer)  # random backbone: vocabulary from our tokenizer
     if overrides:  # e.g. remat policy or dropout for a pretrained backbone
         spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, **overrides))
     if tokenizer.pad_token_id is None:
@@ -130,22 +130,35 @@ def build_run(config, workdir: str, train_pairs=None) -> Run:
     )
     dtype, param_dtype = dtype_of(config.model.dtype), dtype_of(config.model.param_dtype)
 
+    lora = None
+    trainable = config.train.trainable
+    if config.lora.enabled:
+        from rewardjax.lora import LoRAConfig, apply_lora, trainable_regex_for_lora
+
+        lora = LoRAConfig(rank=config.lora.rank, alpha=config.lora.alpha,
+                          dropout=config.lora.dropout, targets=config.lora.targets)
+        if trainable == ".*":  # default: adapters and the reward head, backbone frozen
+            trainable = trainable_regex_for_lora()
+
     def build():
         backbone = registry.create(spec, dtype=dtype, param_dtype=param_dtype, seed=config.seed)
-        return build_reward_model(
+        model = build_reward_model(
             backbone,
             spec.config.hidden_size,
             is_causal=spec.is_causal,
             pooling=config.model.pooling,
             seed=config.seed,
         )
+        if lora is not None:
+            apply_lora(model, lora, seed=config.seed)
+        return model
 
     weights = None
     if spec.load_weights is not None:
         weights = lambda g, p, f, sh: load_pretrained(spec, p, f, sh)  # noqa: E731
     tx = make_optimizer(config.train)
     graphdef, state, shardings = init_state(
-        build, tx, mesh, rules, seed=config.seed, trainable=config.train.trainable, weights=weights
+        build, tx, mesh, rules, seed=config.seed, trainable=trainable, weights=weights
     )
     return Run(config, mesh, rules, spec, tokenizer, encoder, graphdef, state, shardings, tx)
 
@@ -161,8 +174,8 @@ def load_pretrained(spec, params, frozen, shardings):
         pure = state.to_pure_dict()
         sh_pure = sh.to_pure_dict() if hasattr(sh, "to_pure_dict") else None
         for path, value in _flatten(pure):
-            if path[0] != "backbone":
-                continue
+            if path[0] != "backbone" or path[-1] in ("lora_a", "lora_b"):
+                continue  # the head and LoRA adapters keep their fresh initialisation
             key = path[1:]
             if key not in flat_loaded:
                 raise ValueError(
