@@ -27,6 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.mode = "train"  # train | eval | score
+    c.recipe = "bt"  # what train mode runs: bt (one model) | warm (members, WA, ENS)
 
     c.model = ml_collections.ConfigDict()
     # A checkpoint directory, a .gguf file, an installed model package name

@@ -19,6 +19,10 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
 
 def run(config, workdir: str):
     """Dispatches on ``config.mode``; usable from Python and notebooks as well."""
+    if config.mode == "train" and config.recipe == "warm":
+        from rewardjax.train.warm import train_warm
+
+        return train_warm(config, workdir)
     if config.mode == "train":
         from rewardjax.train.loop import train
 

@@ -119,3 +119,19 @@ def test_bad_input_file_error_names_file_and_record(tmp_path):
     )
     assert r.returncode != 0
     assert "bad.jsonl" in r.stderr and "2" in r.stderr and "rejected" in r.stderr
+
+
+def test_warm_recipe_trains_members_and_writes_the_table(tmp_path):
+    wd = str(tmp_path / "warm")
+    cfg = os.path.join(ROOT, "configs", "warm.py")
+    r = run_module([f"--config={cfg}:runlocal", "--config.train.progress=False",
+                    f"--workdir={wd}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.load(open(os.path.join(wd, "warm.json")))
+    assert out["members"] == 2 and out["steps"] == 6
+    assert set(out["results"]) == {"train_corrupted", "train_clean", "sim:test_id",
+                                   "sim:test_ood"}
+    for res in out["results"].values():
+        assert set(res) == {"member_0", "member_1", "WA", "ENS"}
+        assert all(0.0 <= r["accuracy"] <= 1.0 for r in res.values())
+    assert "train_corrupted" in r.stdout and "WA" in r.stdout
