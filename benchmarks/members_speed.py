@@ -82,7 +82,8 @@ def train_variant(mode: str, m: int, steps: int) -> float:
             return metrics["loss"]
     else:
         single = run.train_step(dropout=False)
-        states = [TrainState(state.step, jax.tree.map(lambda x, i=i: x[i], state.params),
+        # Each member gets its own step buffer: the single step donates its whole state.
+        states = [TrainState(state.step + 0, jax.tree.map(lambda x, i=i: x[i], state.params),
                              state.frozen, jax.tree.map(lambda x, i=i: x[i], state.opt_state),
                              state.rng[i]) for i in range(m)]
         batches = [run.place(member_batch(stacked, i)) for i in range(m)]
