@@ -26,6 +26,8 @@ from rewardjax.models.llama import (
     embed_lookup,
     linear,
     maybe_dropout,
+    project,
+    projection_rng,
     scan_layers,
     stack_layers,
 )
@@ -183,10 +185,11 @@ class EncoderLayer(nnx.Module):
     def __call__(self, x, bias, rates, rng):
         hidden_rate, attn_rate = rates
         keys = (None,) * 3 if rng is None else tuple(jax.random.split(rng, 3))
-        a = self.attn(x, bias, None, attn_rate, keys[0] if attn_rate is not None else None)
+        proj = projection_rng(rng)
+        a = self.attn(x, bias, None, attn_rate, keys[0] if attn_rate is not None else None, proj)
         x = self.attn_norm(x + maybe_dropout(a, hidden_rate, keys[1]))
-        h = _ACTIVATIONS[self.act](self.up_proj(x))  # [B, T, mlp]
-        h = self.down_proj(constrain(h, ("batch", "seq", "mlp")))
+        h = _ACTIVATIONS[self.act](project(self.up_proj, x, proj, 4))  # [B, T, mlp]
+        h = project(self.down_proj, constrain(h, ("batch", "seq", "mlp")), proj, 6)
         x = self.mlp_norm(x + maybe_dropout(h, hidden_rate, keys[2]))
         return constrain(x, ("batch", "seq", "embed"))
 

@@ -261,6 +261,22 @@ def linear(din: int, dout: int, names: tuple, *, bias: bool, dtype, param_dtype,
         kernel_metadata={"out_sharding": names}, bias_metadata={"out_sharding": names[-1:]})
 
 
+def project(layer, x: jax.Array, rng: jax.Array | None, slot: int) -> jax.Array:
+    """Applies a projection; a LoRA-adapted one with adapter dropout gets its own key.
+
+    Plain ``nnx.Linear`` layers have no ``dropout`` attribute and are called as usual; keys are
+    ``fold_in(rng, slot)`` so adding adapters never changes the backbone's own dropout masks.
+    """
+    if rng is not None and getattr(layer, "dropout", 0.0):
+        return layer(x, rng=jax.random.fold_in(rng, slot))
+    return layer(x)
+
+
+def projection_rng(layer_rng: jax.Array | None) -> jax.Array | None:
+    """The key a layer's projections draw adapter-dropout keys from (``None``: inference)."""
+    return None if layer_rng is None else jax.random.fold_in(layer_rng, 0x10A)
+
+
 class RMSNorm(nnx.Module):
     """``x / rms(x) * scale`` with the statistics in float32 (as HF Llama does)."""
 
@@ -294,12 +310,13 @@ class Attention(nnx.Module):
         self.qk_norm = qk_norm_eps is not None
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
 
-    def qkv(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None):
+    def qkv(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None,
+            rng: jax.Array | None = None):
         """Projected (and rotated) ``q [B,T,H,hd]``, ``k, v [B,T,KV,hd]``; reusable by a cache."""
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q = project(self.q_proj, x, rng, 0).reshape(b, t, self.num_heads, self.head_dim)
+        k = project(self.k_proj, x, rng, 1).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = project(self.v_proj, x, rng, 2).reshape(b, t, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
@@ -307,7 +324,8 @@ class Attention(nnx.Module):
         return q, k, v
 
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array,
-               drop_rate=0.0, rng: jax.Array | None = None) -> jax.Array:
+               drop_rate=0.0, rng: jax.Array | None = None,
+               proj_rng: jax.Array | None = None) -> jax.Array:
         """Softmax attention (float32 scores) with additive ``bias [B,1,T,S]``; returns [B,T,D]."""
         b, t, h, d = q.shape
         kv = k.shape[2]
@@ -319,11 +337,11 @@ class Attention(nnx.Module):
         if rng is not None:
             probs = dropout(probs, drop_rate, rng)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v)  # [B, T, KV, G, hd]
-        return self.o_proj(out.reshape(b, t, h * d))
+        return project(self.o_proj, out.reshape(b, t, h * d), proj_rng, 3)
 
-    def __call__(self, x, bias, rope=None, drop_rate=0.0, rng=None) -> jax.Array:
-        q, k, v = self.qkv(x, rope)
-        return self.attend(q, k, v, bias, drop_rate, rng)
+    def __call__(self, x, bias, rope=None, drop_rate=0.0, rng=None, proj_rng=None) -> jax.Array:
+        q, k, v = self.qkv(x, rope, proj_rng)
+        return self.attend(q, k, v, bias, drop_rate, rng, proj_rng)
 
 
 class MLP(nnx.Module):
@@ -335,9 +353,9 @@ class MLP(nnx.Module):
         self.up_proj = linear(hidden, inter, ("embed", "mlp"), **kw)
         self.down_proj = linear(inter, hidden, ("mlp", "embed"), **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)  # [B, T, mlp]
-        return self.down_proj(constrain(h, ("batch", "seq", "mlp")))
+    def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        h = jax.nn.silu(project(self.gate_proj, x, rng, 4)) * project(self.up_proj, x, rng, 5)
+        return project(self.down_proj, constrain(h, ("batch", "seq", "mlp")), rng, 6)  # [B,T,D]
 
 
 class DecoderLayer(nnx.Module):
@@ -357,10 +375,11 @@ class DecoderLayer(nnx.Module):
     def __call__(self, x, bias, rope, rates, rng):
         hidden_rate, attn_rate = rates
         keys = (None,) * 3 if rng is None else tuple(jax.random.split(rng, 3))
+        proj = projection_rng(rng)
         a = self.attn(self.attn_norm(x), bias, rope, attn_rate,
-                      keys[0] if attn_rate is not None else None)
+                      keys[0] if attn_rate is not None else None, proj)
         x = x + maybe_dropout(a, hidden_rate, keys[1])
-        m = self.mlp(self.mlp_norm(x))
+        m = self.mlp(self.mlp_norm(x), proj)
         x = x + maybe_dropout(m, hidden_rate, keys[2])
         return constrain(x, ("batch", "seq", "embed"))
 

@@ -260,3 +260,40 @@ def test_train_step_updates_only_adapters_and_head():
                                                      nnx.to_flat_state(params1))
                if not np.array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()))}
     assert "backbone/layers/attn/q_proj/lora_b" in changed and "head/kernel" in changed
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_adapter_dropout_is_active_in_the_training_forward(family):
+    """The backbones hand their layer key to LoRA projections: adapter dropout applies whenever
+    a dropout rng is given, and inference (no rng) is deterministic."""
+    from rewardjax.lora import LoRAConfig, apply_lora
+    from rewardjax.models import registry
+    from rewardjax.models.reward_model import build_reward_model
+
+    path = {"llama": "random:llama?hidden_size=32&num_layers=2&num_heads=4&num_kv_heads=2"
+                     "&intermediate_size=64&vocab_size=101",
+            "bert": "random:bert?hidden_size=32&num_layers=2&num_heads=4&intermediate_size=64"
+                    "&vocab_size=101&hidden_dropout=0.0&attention_dropout=0.0"}[family]
+    spec = registry.resolve(path)
+
+    def build(dropout):
+        m = build_reward_model(registry.create(spec, seed=0), spec.hidden_size,
+                               is_causal=spec.is_causal, seed=0)
+        apply_lora(m, LoRAConfig(rank=4, alpha=8.0, dropout=dropout,
+                                 targets=r"(q_proj|v_proj|down_proj)$"), seed=0)
+        for _, mod in m.iter_modules():
+            if hasattr(mod, "lora_b"):
+                mod.lora_b[...] = 0.3 * jnp.ones_like(mod.lora_b[...])
+        return m
+
+    ids = jnp.arange(2 * 7).reshape(2, 7) % 90 + 5
+    mask = jnp.ones_like(ids)
+    with_drop, without = build(0.5), build(0.0)
+    k1, k2 = jax.random.key(1), jax.random.key(2)
+    eval_out = with_drop(ids, mask)
+    np.testing.assert_array_equal(eval_out, with_drop(ids, mask))
+    np.testing.assert_allclose(eval_out, without(ids, mask), rtol=1e-6, atol=1e-6)
+    a, b = with_drop(ids, mask, dropout_rng=k1), with_drop(ids, mask, dropout_rng=k2)
+    assert not np.allclose(a, b) and not np.allclose(a, eval_out)
+    # zero adapter dropout (and no backbone dropout): a training forward equals inference
+    np.testing.assert_allclose(without(ids, mask, dropout_rng=k1), eval_out, rtol=1e-5, atol=1e-5)
