@@ -36,6 +36,9 @@ def get_config(arg=None):
     # "0.0,0.05,0.1,0.0" add diversity but dropout masks cost ~40% more time on CPU.
     c.members.dropout_rates = ""
     c.members.flip_rate = 0.25  # fraction of training labels swapped (recorded per pair)
+    c.members.probe_init = False  # head from a linear probe on frozen features first
+    # Baklava: "<workdir>/checkpoints:<step>,<step>,..." of an earlier bt.py run, one per member.
+    c.members.baklava = ""
     c.members.sequential = False  # one member at a time when memory is short
     c.members.eval_train_max = 500  # cap on corrupted / clean training pairs evaluated
     c.loss.center_coef = 0.01  # members share a reward scale, so ENS / min / UWO compare

@@ -106,9 +106,22 @@ def train_warm(config, workdir: str) -> dict:
     eval_sets = load_sets(config.data.eval, config.data)
     run = build_run(config, workdir, train_pairs)
     m = int(mcfg.num)
-    state, hypers = init_members(run, m, init=mcfg.init,
-                                 lr_scale=_floats(mcfg.lr_scales, m, "lr_scales"),
-                                 dropout_rate=_floats(mcfg.dropout_rates, m, "dropout_rates"))
+    if mcfg.probe_init:  # WARM: the shared head starts from a linear probe on frozen features
+        from rewardjax.train.probe import init_head_by_probe
+
+        run.state = init_head_by_probe(run, run.state, train_pairs, config)
+    kwargs = dict(lr_scale=_floats(mcfg.lr_scales, m, "lr_scales"),
+                  dropout_rate=_floats(mcfg.dropout_rates, m, "dropout_rates"))
+    if mcfg.baklava:  # "<checkpoint dir>:<step>,<step>,...": members from one earlier run
+        from rewardjax.train.baklava import init_members_from_checkpoints
+
+        directory, _, steps = mcfg.baklava.rpartition(":")
+        steps = [int(v) for v in steps.split(",") if v.strip()]
+        if len(steps) != m:
+            raise ValueError(f"members.baklava names {len(steps)} steps for {m} members")
+        state, hypers = init_members_from_checkpoints(run, directory, steps, **kwargs)
+    else:
+        state, hypers = init_members(run, m, init=mcfg.init, **kwargs)
     data = encode_pairs(train_pairs, run.encoder)
     buckets = tuple(config.data.buckets) or default_buckets(config.model.max_length)
     plans = MemberPlans(data.lengths(), tcfg.batch_size, buckets,

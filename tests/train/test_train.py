@@ -135,3 +135,17 @@ def test_warm_recipe_trains_members_and_writes_the_table(tmp_path):
         assert set(res) == {"member_0", "member_1", "WA", "ENS"}
         assert all(0.0 <= r["accuracy"] <= 1.0 for r in res.values())
     assert "train_corrupted" in r.stdout and "WA" in r.stdout
+
+
+def test_warm_with_probe_init_and_baklava_members(tmp_path):
+    base = str(tmp_path / "base")
+    r = run_module([f"--config={CFG}:runlocal", "--config.train.progress=False",
+                    f"--workdir={base}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = os.path.join(ROOT, "configs", "warm.py")
+    wd = str(tmp_path / "warm")
+    r = run_module([f"--config={cfg}:runlocal", "--config.train.progress=False",
+                    "--config.members.probe_init=True",
+                    f"--config.members.baklava={base}/checkpoints:3,6", f"--workdir={wd}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.load(open(os.path.join(wd, "warm.json")))["members"] == 2
