@@ -40,6 +40,7 @@ def get_config(arg=None):
     # Baklava: "<workdir>/checkpoints:<step>,<step>,..." of an earlier bt.py run, one per member.
     c.members.baklava = ""
     c.members.sequential = False  # one member at a time when memory is short
+    c.members.interpolation_points = 0  # >= 2: mode-connectivity curve member_0 -> member_M-1
     c.members.eval_train_max = 500  # cap on corrupted / clean training pairs evaluated
     c.loss.center_coef = 0.01  # members share a reward scale, so ENS / min / UWO compare
     if "runlocal" not in (arg or ""):

@@ -84,6 +84,31 @@ def compare_models(run, member_state, subsets, config) -> dict[str, dict[str, di
     return results
 
 
+def interpolation_curve(run, member_state, subsets, config, points: int) -> dict[str, list]:
+    """Mode-connectivity curve: accuracy of ``(1 - t) * member_0 + t * member_{M-1}`` on each
+    subset for ``points`` values of t in [0, 1] (t = 0 and 1 are the two members exactly)."""
+    from rewardjax.ensembles.weights import interpolation_path
+
+    m = int(jax.tree.leaves(member_state.params)[0].shape[0])
+    ts, trees = interpolation_path(member_params(member_state, 0),
+                                   member_params(member_state, m - 1), points)
+    curve = {}
+    for name, pairs in subsets.items():
+        data = encode_pairs(pairs, run.encoder)
+        n, seqs = len(data), data.chosen + data.rejected
+        rows = []
+        for t, params in zip(ts, trees):
+            r = score_encoded(run, types.SimpleNamespace(params=params, frozen=member_state.frozen),
+                              seqs, config)
+            row = {"t": float(t), "accuracy": pair_metrics(r[:n], r[n:])["accuracy"]}
+            gold = gold_agreement(data.pairs, r[:n], r[n:])
+            if gold is not None:
+                row["gold_accuracy"] = gold
+            rows.append(row)
+        curve[name] = rows
+    return curve
+
+
 def format_warm_table(results: dict, key: str = "accuracy") -> str:
     models = list(next(iter(results.values())).keys())
     width = max(len(s) for s in results) + 2
@@ -159,7 +184,11 @@ def train_warm(config, workdir: str) -> dict:
     subsets = evaluation_subsets(train_pairs, eval_sets, mcfg.eval_train_max, config.seed)
     results = compare_models(run, state, subsets, config)
     summary = {"members": m, "steps": int(state.step), "flip_rate": mcfg.flip_rate,
-               "wall_time_s": time.time() - t_start, "results": results}
+               "results": results}
+    if mcfg.interpolation_points >= 2:
+        summary["interpolation"] = interpolation_curve(run, state, subsets, config,
+                                                       mcfg.interpolation_points)
+    summary["wall_time_s"] = time.time() - t_start
     writer.write(total, "warm", summary)
     writer.close()
     if jax.process_index() == 0:
@@ -168,5 +197,8 @@ def train_warm(config, workdir: str) -> dict:
         print(format_warm_table(results, "accuracy"))
         if any("gold_accuracy" in r for res in results.values() for r in res.values()):
             print(format_warm_table(results, "gold_accuracy"))
+        for name, rows in summary.get("interpolation", {}).items():
+            pts = "  ".join(f"t={r['t']:.2f}: {r['accuracy']:.3f}" for r in rows)
+            print(f"member_0 -> member_{m - 1} on {name}: {pts}")
         print(f"wall {summary['wall_time_s']:.1f}s; details in {workdir}/warm.json")
     return summary

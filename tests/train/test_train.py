@@ -125,9 +125,13 @@ def test_warm_recipe_trains_members_and_writes_the_table(tmp_path):
     wd = str(tmp_path / "warm")
     cfg = os.path.join(ROOT, "configs", "warm.py")
     r = run_module([f"--config={cfg}:runlocal", "--config.train.progress=False",
-                    f"--workdir={wd}"])
+                    "--config.members.interpolation_points=3", f"--workdir={wd}"])
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.load(open(os.path.join(wd, "warm.json")))
+    for name, rows in out["interpolation"].items():  # the endpoints are the members exactly
+        assert [row["t"] for row in rows] == [0.0, 0.5, 1.0]
+        assert rows[0]["accuracy"] == pytest.approx(out["results"][name]["member_0"]["accuracy"])
+        assert rows[-1]["accuracy"] == pytest.approx(out["results"][name]["member_1"]["accuracy"])
     assert out["members"] == 2 and out["steps"] == 6
     assert set(out["results"]) == {"train_corrupted", "train_clean", "sim:test_id",
                                    "sim:test_ood"}
