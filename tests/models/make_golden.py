@@ -2,7 +2,8 @@
 
 For one tiny Llama (GQA, Llama-3 rope scaling, untied) and one tiny BERT, builds the PyTorch
 model from a fixed seed, perturbs every parameter (so norms and biases are not trivially 1/0),
-saves it as an HF checkpoint under ``tests/models/golden/<name>/`` and stores inputs and outputs
+saves its config under ``tests/models/golden/<name>/`` and its weights as
+``<name>_weights.npz`` and stores inputs and outputs
 in ``tests/models/golden/<name>_outputs.npz``. Each checkpoint is well under 200 KB.
 
 Run from the repository root: ``python tests/models/make_golden.py``.
@@ -45,12 +46,23 @@ def _build(cls, config, seed: int):
     return model
 
 
+def _to_npz(name: str) -> None:
+    """Keeps the weights as ``<name>_weights.npz``: tests write the safetensors file themselves
+    (tests/models/golden_checkpoints.py), so no weight file is committed."""
+    from rewardjax.models.hf import read_safetensors
+
+    path = os.path.join(GOLDEN, name, "model.safetensors")
+    np.savez(os.path.join(GOLDEN, f"{name}_weights.npz"), **read_safetensors(path))
+    os.remove(path)
+
+
 def main() -> None:
     os.makedirs(GOLDEN, exist_ok=True)
     t = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
 
     llama = _build(transformers.LlamaForCausalLM, LLAMA, seed=0)
     llama.save_pretrained(os.path.join(GOLDEN, "llama"))
+    _to_npz("llama")
     ids, mask, _ = _inputs(0)
     with torch.no_grad():
         out = llama(input_ids=t(ids), attention_mask=t(mask), output_hidden_states=True)
@@ -59,6 +71,7 @@ def main() -> None:
 
     bert = _build(transformers.BertModel, BERT, seed=1)
     bert.save_pretrained(os.path.join(GOLDEN, "bert"))
+    _to_npz("bert")
     ids, mask, types = _inputs(1)
     with torch.no_grad():
         hidden = bert(input_ids=t(ids), attention_mask=t(mask),

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from rewardjax.models import hf, registry
+from tests.models.golden_checkpoints import golden_checkpoint
 
 TINY = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
             num_attention_heads=4, max_position_embeddings=64, type_vocab_size=2)
@@ -96,7 +97,7 @@ def test_golden_outputs_without_torch():
 
     golden = os.path.join(os.path.dirname(__file__), "golden")
     data = np.load(os.path.join(golden, "bert_outputs.npz"))
-    model, _ = registry.load_backbone(os.path.join(golden, "bert"))
+    model, _ = registry.load_backbone(golden_checkpoint("bert"))
     got = _jit(model)(data["input_ids"], data["attention_mask"],
                       token_type_ids=jnp.asarray(data["token_type_ids"]))
     _assert_real_close(got, data["hidden"], data["attention_mask"])

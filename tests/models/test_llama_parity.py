@@ -8,6 +8,7 @@ from flax import nnx
 
 from rewardjax.models import hf, registry
 from rewardjax.models.llama import LlamaConfig
+from tests.models.golden_checkpoints import golden_checkpoint
 
 TINY = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
@@ -210,7 +211,7 @@ def test_golden_outputs_without_torch():
 
     golden = os.path.join(os.path.dirname(__file__), "golden")
     data = np.load(os.path.join(golden, "llama_outputs.npz"))
-    model, spec = registry.load_backbone(os.path.join(golden, "llama"))
+    model, spec = registry.load_backbone(golden_checkpoint("llama"))
     assert spec.config.rope_scaling_dict["rope_type"] == "llama3"
     assert not spec.config.tie_embeddings
     graphdef, state = nnx.split(model)

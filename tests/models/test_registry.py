@@ -12,6 +12,7 @@ from flax import nnx
 from rewardjax.models import hf, registry
 from rewardjax.models.bert import Bert, BertConfig
 from rewardjax.models.llama import Llama, LlamaConfig
+from tests.models.golden_checkpoints import golden_checkpoint
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 
@@ -66,7 +67,7 @@ def test_create_abstract_and_seeds():
 
 
 def test_hf_directory_and_assign_weights():
-    spec = registry.resolve(os.path.join(GOLDEN, "llama"))
+    spec = registry.resolve(golden_checkpoint("llama"))
     assert spec.family == "llama" and spec.tokenizer is None and spec.load_weights is not None
     weights = spec.load_weights()
     assert all(isinstance(x, np.ndarray) and x.dtype == np.float32
@@ -90,8 +91,8 @@ def test_hf_directory_and_assign_weights():
 def test_gguf_path_dispatches_to_reader(tmp_path, monkeypatch):
     """A .gguf path goes through models.gguf.read_gguf (stubbed here with the golden Llama)."""
     gguf = pytest.importorskip("rewardjax.models.gguf")
-    config, tensors = hf.load_config(os.path.join(GOLDEN, "llama")), \
-        hf.load_tensors(os.path.join(GOLDEN, "llama"))
+    config, tensors = hf.load_config(golden_checkpoint("llama")), \
+        hf.load_tensors(golden_checkpoint("llama"))
     calls = []
 
     def fake_read(path, **_):

@@ -14,6 +14,7 @@ from rewardjax.sharding import DEFAULT_RULES, make_mesh
 from rewardjax.train.optim import make_optimizer
 from rewardjax.train.setup import load_pretrained
 from rewardjax.train.state import init_state
+from tests.models.golden_checkpoints import golden_checkpoint
 from tests.train.helpers import ROOT, load_recipe
 
 GOLDEN = os.path.join(ROOT, "tests", "models", "golden")
@@ -22,7 +23,7 @@ GOLDEN = os.path.join(ROOT, "tests", "models", "golden")
 @pytest.mark.parametrize("name", ["llama", "bert"])
 @pytest.mark.parametrize("lora", [False, True])
 def test_load_pretrained_into_sharded_state(name, lora):
-    spec = registry.resolve(os.path.join(GOLDEN, name))
+    spec = registry.resolve(golden_checkpoint(name))
     assert spec.load_weights is not None
 
     def build():
