@@ -57,14 +57,15 @@ def evaluation_subsets(train_pairs, eval_sets, limit: int, seed: int):
     return out
 
 
-def compare_models(run, member_state, subsets, config) -> dict[str, dict[str, dict]]:
-    """``{subset: {model: metrics}}`` for every member, ENS (mean reward) and WA."""
+def compare_models(run, member_state, encoded, config) -> dict[str, dict[str, dict]]:
+    """``{subset: {model: metrics}}`` for every member, ENS (mean reward) and WA.
+
+    ``encoded`` maps subset names to their tokenized pairs (``encode_pairs``)."""
     m = int(jax.tree.leaves(member_state.params)[0].shape[0])
     models = {f"member_{i}": member_params(member_state, i) for i in range(m)}
     models["WA"] = average_members(member_state)
     results = {}
-    for name, pairs in subsets.items():
-        data = encode_pairs(pairs, run.encoder)
+    for name, data in encoded.items():
         n = len(data)
         seqs = data.chosen + data.rejected
         scores = {k: score_encoded(run, types.SimpleNamespace(params=p, frozen=member_state.frozen),
@@ -84,7 +85,7 @@ def compare_models(run, member_state, subsets, config) -> dict[str, dict[str, di
     return results
 
 
-def interpolation_curve(run, member_state, subsets, config, points: int) -> dict[str, list]:
+def interpolation_curve(run, member_state, encoded, config, points: int) -> dict[str, list]:
     """Mode-connectivity curve: accuracy of ``(1 - t) * member_0 + t * member_{M-1}`` on each
     subset for ``points`` values of t in [0, 1] (t = 0 and 1 are the two members exactly)."""
     from rewardjax.ensembles.weights import interpolation_path
@@ -93,8 +94,7 @@ def interpolation_curve(run, member_state, subsets, config, points: int) -> dict
     ts, trees = interpolation_path(member_params(member_state, 0),
                                    member_params(member_state, m - 1), points)
     curve = {}
-    for name, pairs in subsets.items():
-        data = encode_pairs(pairs, run.encoder)
+    for name, data in encoded.items():
         n, seqs = len(data), data.chosen + data.rejected
         rows = []
         for t, params in zip(ts, trees):
@@ -182,11 +182,13 @@ def train_warm(config, workdir: str) -> dict:
     ckpt.close()
 
     subsets = evaluation_subsets(train_pairs, eval_sets, mcfg.eval_train_max, config.seed)
-    results = compare_models(run, state, subsets, config)
+    # Tokenize each subset once; every member, WA and the curve score the same sequences.
+    encoded = {name: encode_pairs(pairs, run.encoder) for name, pairs in subsets.items()}
+    results = compare_models(run, state, encoded, config)
     summary = {"members": m, "steps": int(state.step), "flip_rate": mcfg.flip_rate,
                "results": results}
     if mcfg.interpolation_points >= 2:
-        summary["interpolation"] = interpolation_curve(run, state, subsets, config,
+        summary["interpolation"] = interpolation_curve(run, state, encoded, config,
                                                        mcfg.interpolation_points)
     summary["wall_time_s"] = time.time() - t_start
     writer.write(total, "warm", summary)
