@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rewardjax.models.layers import (
+    AttentionMask,
     attention_bias,
     positions_from_mask,
     segment_positions,
@@ -22,6 +23,7 @@ from rewardjax.models.layers import (
 from rewardjax.models.llama import (
     REMAT_POLICIES,
     Attention,
+    check_attention_impl,
     dropout_rates,
     embed_lookup,
     linear,
@@ -58,6 +60,7 @@ class BertConfig:
     attention_dropout: float = 0.1
     remat: str = "none"
     scan_unroll: int = 1  # layers per scan iteration (see LlamaConfig)
+    attention: str = "xla"  # "xla" | "cudnn" (see LlamaConfig)
     initializer_range: float = 0.02
     pad_token_id: int = 0
 
@@ -68,9 +71,12 @@ class BertConfig:
         if self.hidden_act not in _ACTIVATIONS:
             raise ValueError(f"hidden_act {self.hidden_act!r} not supported; choose from "
                              f"{sorted(_ACTIVATIONS)}")
+        if self.remat is None:  # "remat=none" in an overrides string parses to None
+            object.__setattr__(self, "remat", "none")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"unknown remat policy {self.remat!r}; choose from "
                              f"{sorted(REMAT_POLICIES)}")
+        check_attention_impl(self.attention)
 
     @property
     def head_dim(self) -> int:
@@ -173,7 +179,7 @@ class EncoderLayer(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         std = c.initializer_range
         self.attn = Attention(c.hidden_size, c.num_heads, c.num_heads, c.head_dim, qkv_bias=True,
-                              out_bias=True, std=std, rngs=rngs, **kw)
+                              out_bias=True, std=std, rngs=rngs, impl=c.attention, **kw)
         self.attn_norm = LayerNorm(c.hidden_size, c.layer_norm_eps, **kw)
         self.up_proj = linear(c.hidden_size, c.intermediate_size, ("embed", "mlp"), bias=True,
                               std=std, rngs=rngs, **kw)
@@ -224,7 +230,11 @@ class Bert(nnx.Module):
             positions = positions_from_mask(attention_mask)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        bias = attention_bias(attention_mask, causal=False, segment_ids=segment_ids)
+        if c.attention == "cudnn" and segment_ids is None:
+            bias = AttentionMask(None, attention_mask.astype(jnp.int32).sum(-1), causal=False)
+        else:
+            bias = AttentionMask(attention_bias(attention_mask, causal=False,
+                                                segment_ids=segment_ids))
         rates = dropout_rates(dropout_rate, c.hidden_dropout, c.attention_dropout)
         emb_rng = layer_rng = None
         if dropout_rng is not None:

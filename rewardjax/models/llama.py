@@ -23,10 +23,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rewardjax.models.layers import (
+    ATTENTION_IMPLS,
+    AttentionMask,
     attention_bias,
     dropout,
+    fused_attention,
+    lengths_mask,
     positions_from_mask,
     segment_positions,
+    softmax_attention,
 )
 from rewardjax.sharding import constrain
 
@@ -69,6 +74,9 @@ class LlamaConfig:
     attention_dropout: float = 0.0
     remat: str = "none"
     scan_unroll: int = 1  # layers per scan iteration; unrolling helps XLA:CPU (~10% on MiniLM)
+    # "xla": materialised scores + additive bias (any device, attention dropout); "cudnn": fused
+    # flash attention (GPU, bf16, right padding).
+    attention: str = "xla"
     initializer_range: float = 0.02
     model_type: str = "llama"
 
@@ -89,9 +97,12 @@ class LlamaConfig:
                              f"num_kv_heads {self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if self.remat is None:  # "remat=none" in an overrides string parses to None
+            object.__setattr__(self, "remat", "none")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"unknown remat policy {self.remat!r}; choose from "
                              f"{sorted(REMAT_POLICIES)}")
+        check_attention_impl(self.attention)
 
     @property
     def rope_scaling_dict(self) -> dict | None:
@@ -188,6 +199,12 @@ class LlamaConfig:
             out["sliding_window"] = self.sliding_window
             out["max_window_layers"] = self.num_layers
         return out
+
+
+def check_attention_impl(name: str) -> None:
+    if name not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention implementation {name!r}; choose from "
+                         f"{list(ATTENTION_IMPLS)}")
 
 
 def _normalise_rope_scaling(scaling: dict | None) -> dict | None:
@@ -296,7 +313,7 @@ class Attention(nnx.Module):
 
     def __init__(self, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                  qkv_bias: bool, out_bias: bool, dtype, param_dtype, std: float,
-                 rngs: nnx.Rngs, qk_norm_eps: float | None = None):
+                 rngs: nnx.Rngs, qk_norm_eps: float | None = None, impl: str = "xla"):
         kw = dict(dtype=dtype, param_dtype=param_dtype, std=std, rngs=rngs)
         self.q_proj = linear(hidden, num_heads * head_dim, ("embed", "heads"), bias=qkv_bias, **kw)
         self.k_proj = linear(hidden, num_kv_heads * head_dim, ("embed", "kv_heads"),
@@ -309,6 +326,7 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(head_dim, qk_norm_eps, dtype=dtype, param_dtype=param_dtype)
         self.qk_norm = qk_norm_eps is not None
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.impl = impl
 
     def qkv(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None,
             rng: jax.Array | None = None):
@@ -323,20 +341,29 @@ class Attention(nnx.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return q, k, v
 
-    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array,
-               drop_rate=0.0, rng: jax.Array | None = None,
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array,
+               mask: AttentionMask | jax.Array, drop_rate=0.0, rng: jax.Array | None = None,
                proj_rng: jax.Array | None = None) -> jax.Array:
-        """Softmax attention (float32 scores) with additive ``bias [B,1,T,S]``; returns [B,T,D]."""
+        """Softmax attention (float32 scores); ``mask`` is an :class:`AttentionMask` or an
+        additive bias ``[B,1,T,S]``. Returns ``[B,T,D]`` after the output projection."""
         b, t, h, d = q.shape
-        kv = k.shape[2]
-        q = q.reshape(b, t, kv, h // kv, d)  # [batch, q_seq, kv_heads, group, head_dim]
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k,
-                            preferred_element_type=jnp.float32)  # [B, KV, G, T, S]
-        scores = scores / math.sqrt(d) + bias[:, :, None].astype(jnp.float32)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        if not isinstance(mask, AttentionMask):
+            mask = AttentionMask(bias=mask)
+        if self.impl == "cudnn":
+            if rng is not None:
+                raise ValueError("attention dropout is not available with attention='cudnn'; "
+                                 "set attention_dropout=0 or attention='xla'")
+            out = fused_attention(q, k, v, mask)
+            return project(self.o_proj, out.reshape(b, t, h * d), proj_rng, 3)
+        bias = mask.bias
+        if bias is None:
+            bias = attention_bias(lengths_mask(mask.lengths, t), causal=mask.causal)
+        keep = None
         if rng is not None:
-            probs = dropout(probs, drop_rate, rng)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v)  # [B, T, KV, G, hd]
+            kv = k.shape[2]
+            ones = jnp.ones((b, kv, h // kv * t, k.shape[1]), jnp.float32)
+            keep = dropout(ones, drop_rate, rng)
+        out = softmax_attention(q, k, v, bias, keep)  # [B, T, H, hd]
         return project(self.o_proj, out.reshape(b, t, h * d), proj_rng, 3)
 
     def __call__(self, x, bias, rope=None, drop_rate=0.0, rng=None, proj_rng=None) -> jax.Array:
@@ -367,7 +394,8 @@ class DecoderLayer(nnx.Module):
         self.attn = Attention(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
                               qkv_bias=c.attention_bias, out_bias=c.attention_out_bias,
                               std=c.initializer_range, rngs=rngs,
-                              qk_norm_eps=c.rms_norm_eps if c.qk_norm else None, **kw)
+                              qk_norm_eps=c.rms_norm_eps if c.qk_norm else None,
+                              impl=c.attention, **kw)
         self.mlp_norm = RMSNorm(c.hidden_size, c.rms_norm_eps, **kw)
         self.mlp = MLP(c.hidden_size, c.intermediate_size, std=c.initializer_range, rngs=rngs,
                        **kw)
@@ -474,19 +502,26 @@ class Llama(nnx.Module):
                                   std=c.initializer_range, rngs=rngs)
 
     def attention_inputs(self, attention_mask, segment_ids=None):
-        """``(positions [B,T], additive bias [B,1,T,T])`` for padding, packing and windows."""
+        """``(positions [B,T], AttentionMask)`` for padding, packing and windows.
+
+        With ``attention='cudnn'`` an unpacked, unwindowed batch is described by its lengths
+        (right padding), so the fused kernel never sees a ``T x T`` bias.
+        """
         if segment_ids is not None:
             positions = segment_positions(segment_ids)
         else:
             positions = positions_from_mask(attention_mask)
-        bias = attention_bias(attention_mask, causal=True, segment_ids=segment_ids)
         window = self.config.sliding_window
+        if self.config.attention == "cudnn" and segment_ids is None and window is None:
+            lengths = attention_mask.astype(jnp.int32).sum(-1)
+            return positions, AttentionMask(None, lengths, causal=True)
+        bias = attention_bias(attention_mask, causal=True, segment_ids=segment_ids)
         if window is not None:
             # Position differences equal index differences inside a real sequence, so the window
             # is measured the same way for left padding and packed rows.
             dist = positions[:, :, None] - positions[:, None, :]  # [B, q, k]
             bias = jnp.where((dist >= window)[:, None], jnp.finfo(bias.dtype).min, bias)
-        return positions, bias
+        return positions, AttentionMask(bias, None, causal=True)
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, *,
                  segment_ids: jax.Array | None = None, dropout_rng: jax.Array | None = None,
