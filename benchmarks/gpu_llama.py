@@ -35,7 +35,8 @@ SHAPES = {
     "tiny": dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                  intermediate_size=256, vocab_size=1024),
 }
-PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 TFLOP/s (SXM)
+# Dense bf16 TFLOP/s; the first name contained in the GPU's name wins (PCIe before SXM).
+PEAKS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
 def flops_per_token(shape: dict, length: int) -> float:

@@ -76,11 +76,14 @@ def build_batches(setting, tokenizer, n_batches, batch_size, length, seed):
 
 
 def run_rewardjax(path, seqs, batch_size, steps, warmup, length, setting, *, overrides="",
-                  dtype="float32", param_dtype="float32", lr=2e-5):
+                  dtype="float32", param_dtype="float32", lr=2e-5, batching="buckets",
+                  pack_segments=8):
     """rewardjax's own train step (``build_run`` + ``run.train_step``) on ``seqs``.
 
-    ``setting="fixed"`` batches at exactly ``length``; otherwise by length bucket. Returns the
-    throughput summary plus the parameter count and the compile time.
+    ``setting="fixed"`` batches at exactly ``length``; otherwise by length bucket, or with
+    ``batching="packed"`` padding-free into rows of ``length`` tokens holding up to
+    ``pack_segments`` sequences. Returns the throughput summary plus the parameter count and
+    the compile time.
     """
     import jax
 
@@ -114,12 +117,18 @@ def run_rewardjax(path, seqs, batch_size, steps, warmup, length, setting, *, ove
     buckets = (length,) if setting == "fixed" else default_buckets(length)
     plan = BatchPlan(data.lengths(), batch_size, buckets, seed=0, shuffle=True)
     pad = run.tokenizer.pad_token_id if run.tokenizer is not None else 0
-    batches = [collate_pairs(data, idx, n, batch_size, pad) for n, idx in plan.epoch(0)]
+    if batching == "packed" and setting != "fixed":
+        from rewardjax.data.packing import PackedPairBatches
+
+        packer = PackedPairBatches(data, batch_size, length, pack_segments, pad, seed=0)
+        batches = [packer.at_step(i) for i in range(warmup + steps)]
+    else:
+        batches = [collate_pairs(data, idx, n, batch_size, pad) for n, idx in plan.epoch(0)]
     state = run.state
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     # Compile every bucket shape once (plus `warmup` more steps) before timing.
     t0 = time.perf_counter()
-    for b in {b["input_ids"].shape[-1]: b for b in batches}.values():
+    for b in {b["input_ids"].shape: b for b in batches}.values():
         state, m = step(state, run.place(b))
     jax.block_until_ready(m["loss"])
     compile_s = time.perf_counter() - t0
@@ -196,6 +205,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--baseline", choices=["auto", "trl", "torch"], default="auto",
                     help="TRL RewardTrainer (auto: when installed) or the plain-PyTorch step")
+    ap.add_argument("--batching", choices=["buckets", "packed"], default="buckets",
+                    help="hh setting: rewardjax's length buckets or padding-free packed rows")
     ap.add_argument("--overrides", default="scan_unroll=6",
                     help="rewardjax backbone overrides (unrolled layers are ~10%% faster on CPU)")
     ap.add_argument("--json", default="", help="also write the results here")
@@ -223,7 +234,7 @@ def main():
     peak = matmul_peak_gflops("float32")
     rj = run_rewardjax(
         path, seqs, args.batch_size, args.steps, args.warmup, args.length, args.setting,
-        overrides=args.overrides,
+        overrides=args.overrides, batching=args.batching,
     )
     pt = run_baseline(baseline, path, seqs, args.batch_size, args.steps, args.warmup, args.seed)
     peak = max(peak, matmul_peak_gflops("float32"))  # measured before and after: the best
@@ -231,6 +242,7 @@ def main():
     fpt = flops_per_token(spec.config, int(mean_len))
     out = {
         "setting": args.setting,
+        "batching": "fixed" if args.setting == "fixed" else args.batching,
         "model": path,
         "baseline": baseline,
         "batch_pairs": args.batch_size,
