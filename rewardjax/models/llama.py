@@ -349,7 +349,9 @@ class Attention(nnx.Module):
         b, t, h, d = q.shape
         if not isinstance(mask, AttentionMask):
             mask = AttentionMask(bias=mask)
-        if self.impl == "cudnn":
+        # The fused kernel covers self-attention over whole rows; a KV-cache decode step
+        # (T != S, rl/sampling.py) takes the materialised path.
+        if self.impl == "cudnn" and t == k.shape[1]:
             if rng is not None:
                 raise ValueError("attention dropout is not available with attention='cudnn'; "
                                  "set attention_dropout=0 or attention='xla'")
