@@ -152,32 +152,20 @@ def torch_reference(spec, batches, dtype, warmup=2, repeats=1):
     import torch
     from transformers import BertModel
 
+    from benchmarks.trl_baseline import torch_bt_step, torch_reference_model
+
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     enc = BertModel.from_pretrained(spec.source, add_pooling_layer=False,
                                     dtype=torch.float32).to(dev)
-    enc.eval()  # dropout off, as on the JAX side
-    head = torch.nn.Linear(enc.config.hidden_size, 1).to(dev)
-    params = list(enc.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=2e-5, weight_decay=0.0)
+    head, opt, params = torch_reference_model(enc)
     amp = dtype == "bfloat16"
 
     def step(batch):
         ids = torch.from_numpy(batch["input_ids"]).long().to(dev)
         mask = torch.from_numpy(batch["attention_mask"]).long().to(dev)
-        b, _, t = ids.shape
         ids = torch.cat([ids[:, 0], ids[:, 1]])  # [2B, T]: chosen then rejected
         mask = torch.cat([mask[:, 0], mask[:, 1]])
-        with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
-            h = enc(input_ids=ids, attention_mask=mask).last_hidden_state
-            m = mask.unsqueeze(-1).float()
-            r = head((h.float() * m).sum(1) / m.sum(1).clamp(min=1)).squeeze(-1)
-        loss = torch.nn.functional.softplus(-(r[:b] - r[b:])).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if dev == "cuda":
-            torch.cuda.synchronize()
+        torch_bt_step(enc, head, opt, params, ids, mask, amp=amp)
 
     for i in range(warmup):
         step(batches[i % len(batches)])

@@ -154,14 +154,42 @@ def run_trl_like(model, seqs, batch_size, steps, warmup, *, bf16=False, lr=2e-5,
     return _summary(records, times, warmup)
 
 
-def run_torch_reference(enc, seqs, batch_size, steps, warmup, seed=0, lr=2e-5):
-    """The TRL step in plain PyTorch: mean-pooled linear head on encoder ``enc``, AdamW."""
+def torch_bt_step(enc, head, opt, params, ids, mask, *, amp=False):
+    """One plain-PyTorch BT step: mean-pooled linear head on encoder ``enc``, rows ``[2B, T]``
+    (chosen then rejected), clipping at 1.0, then ``opt``; bf16 autocast with ``amp``."""
     import torch
 
-    head = torch.nn.Linear(enc.config.hidden_size, 1)
+    dev = ids.device.type
+    with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
+        h = enc(input_ids=ids, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).float()
+        r = head((h.float() * m).sum(1) / m.sum(1).clamp(min=1)).squeeze(-1)
+    n = r.shape[0] // 2
+    loss = torch.nn.functional.softplus(-(r[:n] - r[n:])).mean()
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    _sync()
+    return loss
+
+
+def torch_reference_model(enc, lr=2e-5):
+    """``(head, optimizer, params)`` for :func:`torch_bt_step` on encoder ``enc``."""
+    import torch
+
+    dev = next(enc.parameters()).device
+    head = torch.nn.Linear(enc.config.hidden_size, 1).to(dev)
     params = list(enc.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    enc.eval()  # dropout off on both sides
+    enc.eval()  # dropout off, as on the JAX side
+    return head, torch.optim.AdamW(params, lr=lr, weight_decay=0.0), params
+
+
+def run_torch_reference(enc, seqs, batch_size, steps, warmup, seed=0, lr=2e-5):
+    """The TRL step in plain PyTorch on random batches padded to their longest sequence."""
+    import torch
+
+    head, opt, params = torch_reference_model(enc, lr)
     order = np.random.default_rng(seed).permutation(len(seqs))
 
     def batch(i):
@@ -178,15 +206,7 @@ def run_torch_reference(enc, seqs, batch_size, steps, warmup, seed=0, lr=2e-5):
     records, times = [], []
     for i in range(warmup + steps + 1):
         ids, mask = batch(i)
-        h = enc(input_ids=ids, attention_mask=mask).last_hidden_state
-        m = mask.unsqueeze(-1).float()
-        r = head((h * m).sum(1) / m.sum(1).clamp(min=1)).squeeze(-1)
-        n = r.shape[0] // 2
-        loss = torch.nn.functional.softplus(-(r[:n] - r[n:])).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        torch_bt_step(enc, head, opt, params, ids, mask)
         records.append((int(mask.sum()), int(mask.numel())))
         times.append(time.perf_counter())
     return _summary(records, times, warmup)
