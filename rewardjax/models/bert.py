@@ -15,15 +15,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rewardjax.models.layers import (
-    AttentionMask,
-    attention_bias,
+    make_attention_mask,
     positions_from_mask,
     segment_positions,
 )
 from rewardjax.models.llama import (
-    REMAT_POLICIES,
     Attention,
-    check_attention_impl,
+    check_memory_options,
     dropout_rates,
     embed_lookup,
     linear,
@@ -71,12 +69,7 @@ class BertConfig:
         if self.hidden_act not in _ACTIVATIONS:
             raise ValueError(f"hidden_act {self.hidden_act!r} not supported; choose from "
                              f"{sorted(_ACTIVATIONS)}")
-        if self.remat is None:  # "remat=none" in an overrides string parses to None
-            object.__setattr__(self, "remat", "none")
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"unknown remat policy {self.remat!r}; choose from "
-                             f"{sorted(REMAT_POLICIES)}")
-        check_attention_impl(self.attention)
+        check_memory_options(self)
 
     @property
     def head_dim(self) -> int:
@@ -230,11 +223,8 @@ class Bert(nnx.Module):
             positions = positions_from_mask(attention_mask)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        if c.attention == "cudnn" and segment_ids is None:
-            bias = AttentionMask(None, attention_mask.astype(jnp.int32).sum(-1), causal=False)
-        else:
-            bias = AttentionMask(attention_bias(attention_mask, causal=False,
-                                                segment_ids=segment_ids))
+        bias = make_attention_mask(attention_mask, causal=False, segment_ids=segment_ids,
+                                   impl=c.attention)
         rates = dropout_rates(dropout_rate, c.hidden_dropout, c.attention_dropout)
         emb_rng = layer_rng = None
         if dropout_rng is not None:

@@ -25,6 +25,17 @@ class AttentionMask(NamedTuple):
     causal: bool = False
 
 
+def make_attention_mask(attention_mask: jax.Array, *, causal: bool,
+                        segment_ids: jax.Array | None = None,
+                        impl: str = "xla") -> AttentionMask:
+    """The :class:`AttentionMask` for a batch: lengths only where a fused kernel can use them
+    (``impl="cudnn"``, unpacked right-padded rows), otherwise the materialised bias."""
+    if impl == "cudnn" and segment_ids is None:
+        return AttentionMask(None, attention_mask.astype(jnp.int32).sum(-1), causal=causal)
+    bias = attention_bias(attention_mask, causal=causal, segment_ids=segment_ids)
+    return AttentionMask(bias, None, causal=causal)
+
+
 def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array,
                       keep: jax.Array | None = None) -> jax.Array:
     """Softmax attention with float32 scores; ``q [B,T,H,hd]``, ``k, v [B,S,KV,hd]``, additive

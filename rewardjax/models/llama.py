@@ -29,6 +29,7 @@ from rewardjax.models.layers import (
     dropout,
     fused_attention,
     lengths_mask,
+    make_attention_mask,
     positions_from_mask,
     segment_positions,
     softmax_attention,
@@ -97,12 +98,7 @@ class LlamaConfig:
                              f"num_kv_heads {self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
-        if self.remat is None:  # "remat=none" in an overrides string parses to None
-            object.__setattr__(self, "remat", "none")
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"unknown remat policy {self.remat!r}; choose from "
-                             f"{sorted(REMAT_POLICIES)}")
-        check_attention_impl(self.attention)
+        check_memory_options(self)
 
     @property
     def rope_scaling_dict(self) -> dict | None:
@@ -201,9 +197,18 @@ class LlamaConfig:
         return out
 
 
-def check_attention_impl(name: str) -> None:
-    if name not in ATTENTION_IMPLS:
-        raise ValueError(f"unknown attention implementation {name!r}; choose from "
+def check_memory_options(config) -> None:
+    """Validates the ``remat`` and ``attention`` fields every backbone config carries.
+
+    ``"remat=none"`` in an overrides string parses to ``None``; it means ``"none"``.
+    """
+    if config.remat is None:
+        object.__setattr__(config, "remat", "none")
+    if config.remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {config.remat!r}; choose from "
+                         f"{sorted(REMAT_POLICIES)}")
+    if config.attention not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention implementation {config.attention!r}; choose from "
                          f"{list(ATTENTION_IMPLS)}")
 
 
@@ -514,15 +519,15 @@ class Llama(nnx.Module):
         else:
             positions = positions_from_mask(attention_mask)
         window = self.config.sliding_window
-        if self.config.attention == "cudnn" and segment_ids is None and window is None:
-            lengths = attention_mask.astype(jnp.int32).sum(-1)
-            return positions, AttentionMask(None, lengths, causal=True)
+        if window is None:
+            return positions, make_attention_mask(attention_mask, causal=True,
+                                                  segment_ids=segment_ids,
+                                                  impl=self.config.attention)
         bias = attention_bias(attention_mask, causal=True, segment_ids=segment_ids)
-        if window is not None:
-            # Position differences equal index differences inside a real sequence, so the window
-            # is measured the same way for left padding and packed rows.
-            dist = positions[:, :, None] - positions[:, None, :]  # [B, q, k]
-            bias = jnp.where((dist >= window)[:, None], jnp.finfo(bias.dtype).min, bias)
+        # Position differences equal index differences inside a real sequence, so the window
+        # is measured the same way for left padding and packed rows.
+        dist = positions[:, :, None] - positions[:, None, :]  # [B, q, k]
+        bias = jnp.where((dist >= window)[:, None], jnp.finfo(bias.dtype).min, bias)
         return positions, AttentionMask(bias, None, causal=True)
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, *,
