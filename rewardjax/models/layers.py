@@ -71,8 +71,10 @@ def _attention_forward(q, k, v, bias, keep):
 def _attention_backward(res, d_out):
     qs, k, v, probs, keep, out = res
     used = probs if keep is None else probs * keep
-    d_v = jnp.matmul(used.astype(v.dtype).swapaxes(-1, -2), d_out,
-                     preferred_element_type=jnp.float32)
+    # d_v and d_k are formed transposed ([.., hd, S]) so the big [T, S] operand is read in its
+    # stored layout; the swap back folds into the caller's head-major -> token-major copy.
+    d_v = jnp.matmul(d_out.swapaxes(-1, -2), used.astype(v.dtype),
+                     preferred_element_type=jnp.float32).swapaxes(-1, -2)
     d_used = jnp.matmul(d_out, v.swapaxes(-1, -2), preferred_element_type=jnp.float32)
     d_probs = d_used if keep is None else d_used * keep
     # Softmax backward: sum_j p_j dp_j equals sum_d dout_d out_d (out = p_used @ v).
@@ -80,7 +82,8 @@ def _attention_backward(res, d_out):
     d_scores = (probs * (d_probs - delta)).astype(qs.dtype)
     scale = jnp.asarray(1.0 / math.sqrt(qs.shape[-1]), jnp.float32)
     d_q = jnp.matmul(d_scores, k, preferred_element_type=jnp.float32) * scale
-    d_k = jnp.matmul(d_scores.swapaxes(-1, -2), qs, preferred_element_type=jnp.float32)
+    d_k = jnp.matmul(qs.swapaxes(-1, -2), d_scores,
+                     preferred_element_type=jnp.float32).swapaxes(-1, -2)
     return (d_q.astype(qs.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None, None)
 
 
