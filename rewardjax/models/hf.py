@@ -280,8 +280,8 @@ def llama_params_from_hf(config: LlamaConfig, tensors: dict[str, np.ndarray], *,
     top, layer = _llama_entries(config)
     params = _from_hf(top, layer, config.num_layers, prefix, "layers.", taker)
     allowed = set()
-    if config.tie_embeddings:
-        allowed.add("lm_head.weight")  # some checkpoints store the tied copy anyway
+    if config.tie_embeddings or not config.lm_head:
+        allowed.add("lm_head.weight")  # a tied copy, or a head the model was built without
     elif "lm_head.weight" not in tensors:
         raise ValueError("checkpoint has no 'lm_head.weight' but tie_word_embeddings is false")
     else:
@@ -296,7 +296,7 @@ def llama_params_to_hf(config: LlamaConfig, params: dict, *, prefix: str = "mode
     """Inverse of :func:`llama_params_from_hf` (float32 numpy arrays in torch layout)."""
     top, layer = _llama_entries(config)
     out = _to_hf(top, layer, config.num_layers, prefix, "layers.", params)
-    if include_lm_head and not config.tie_embeddings:
+    if include_lm_head and config.lm_head and not config.tie_embeddings:
         out["lm_head.weight"] = np.ascontiguousarray(
             np.asarray(_get(params, ("lm_head", "kernel")), dtype=np.float32).T)
     return out

@@ -66,6 +66,9 @@ class LlamaConfig:
     rope_scaling: Any = None
     rms_norm_eps: float = 1e-5
     tie_embeddings: bool = False
+    # Build the untied next-token head. Reward models read features only, so `build_run` turns
+    # it off: a vocab x hidden matrix (0.5B parameters on Llama-3-8B) neither held nor trained.
+    lm_head: bool = True
     attention_bias: bool = False
     attention_out_bias: bool = False
     qk_norm: bool = False
@@ -503,7 +506,7 @@ class Llama(nnx.Module):
             c.num_layers, rngs)
         self.final_norm = RMSNorm(c.hidden_size, c.rms_norm_eps, dtype=dtype,
                                   param_dtype=param_dtype)
-        if not c.tie_embeddings:
+        if not c.tie_embeddings and c.lm_head:
             self.lm_head = linear(c.hidden_size, c.vocab_size, ("embed", "vocab"), bias=False,
                                   dtype=dtype, param_dtype=param_dtype,
                                   std=c.initializer_range, rngs=rngs)
@@ -552,6 +555,9 @@ class Llama(nnx.Module):
         if self.config.tie_embeddings:
             table = self.embed.embedding[...].astype(self.dtype)
             out = jnp.einsum("btd,vd->btv", h, table, preferred_element_type=jnp.float32)
+        elif not self.config.lm_head:
+            raise ValueError("this backbone was built without its lm_head (reward models drop "
+                             "it); load the language model itself for next-token logits")
         else:
             kernel = self.lm_head.kernel[...].astype(self.dtype)
             out = jnp.einsum("btd,dv->btv", h, kernel, preferred_element_type=jnp.float32)

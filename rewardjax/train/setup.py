@@ -121,6 +121,8 @@ def build_run(config, workdir: str, train_pairs=None) -> Run:
     overrides = parse_overrides(config.model.overrides)
     if spec.tokenizer is None and spec.load_weights is None:
         overrides["vocab_size"] = len(tokenizer)  # random backbone: vocabulary from our tokenizer
+    if getattr(spec.config, "lm_head", False) and not spec.config.tie_embeddings:
+        overrides.setdefault("lm_head", False)  # rewards never read next-token logits
     if overrides:  # e.g. remat policy or dropout for a pretrained backbone
         spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, **overrides))
     if tokenizer.pad_token_id is None:
@@ -199,7 +201,7 @@ def load_pretrained(spec, params, frozen, shardings):
             used.add(key)
         nnx.replace_by_pure_dict(state, pure)
         out.append(state)
-    missing = set(flat_loaded) - used
+    missing = {k for k in set(flat_loaded) - used if k[0] != "lm_head"}  # dropped on purpose
     if missing:
         log.warning("%d checkpoint tensors unused, e.g. %s", len(missing), sorted(missing)[:3])
     return out[0], out[1]

@@ -1,5 +1,6 @@
 """build_run refuses settings that would silently produce wrong numbers."""
 
+import numpy as np
 import pytest
 
 from rewardjax.config import base_config
@@ -18,3 +19,31 @@ def test_encoder_max_length_beyond_learned_positions_is_an_error(tmp_path):
         build_run(c, str(tmp_path), pairs)
     c.model.max_length = 64
     build_run(c, str(tmp_path), pairs)  # fits: builds
+
+
+def test_reward_model_drops_the_untied_lm_head(tmp_path, caplog):
+    """An untied causal backbone is built without its next-token head: nothing to hold or train,
+    the checkpoint's ``lm_head.weight`` is skipped without a warning, and asking the reward
+    model's backbone for logits says why it cannot."""
+    from flax import nnx
+
+    from tests.models.golden_checkpoints import golden_checkpoint
+
+    c = base_config()
+    c.model.path = golden_checkpoint("llama")
+    c.model.max_length = 32
+    c.data.sim.num_train, c.data.sim.num_eval = 16, 8
+    pairs = load_sets("sim:train", c.data)[0][1]  # the golden checkpoint has no tokenizer
+    with caplog.at_level("WARNING"):
+        run = build_run(c, str(tmp_path), pairs)
+    assert not [r for r in caplog.records if "unused" in r.getMessage()]
+    paths = [p for tree in (run.state.params, run.state.frozen)
+             for p, _ in nnx.to_flat_state(tree)]
+    assert paths and not [p for p in paths if "lm_head" in map(str, p)]
+    loaded = run.spec.load_weights()
+    assert "lm_head" in loaded  # the checkpoint has one; the reward model does not keep it
+    model = nnx.merge(run.graphdef, run.state.params, run.state.frozen)
+    np.testing.assert_array_equal(np.asarray(model.backbone.embed.embedding[...]),
+                                  loaded["embed"]["embedding"])
+    with pytest.raises(ValueError, match="without its lm_head"):
+        model.backbone.logits(np.zeros((1, 2, run.spec.hidden_size), np.float32))
