@@ -55,7 +55,7 @@ class RMScorer:
 
     def __init__(self, workdir: str, config_spec: str = "", *, max_length: int = 512,
                  batch_size: int = 16):
-        from rewardjax.eval.bon import load_run_config, scoring_config
+        from rewardjax.eval.bon_scoring import load_run_config, scoring_config
         from rewardjax.eval.modes import load_trained
 
         opts = types.SimpleNamespace(max_length=int(max_length), batch_size=int(batch_size))

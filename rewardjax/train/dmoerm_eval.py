@@ -19,7 +19,7 @@ from rewardjax.ensembles.predictions import combine
 from rewardjax.eval.metrics import pairwise_accuracy
 from rewardjax.eval.runner import gold_agreement
 from rewardjax.heads.router import route
-from rewardjax.train.dmoerm import (
+from rewardjax.train.dmoerm_data import (
     LABELERS,
     expert_outputs,
     router_inputs,

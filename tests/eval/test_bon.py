@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from rewardjax.data.records import DataError
-from rewardjax.eval.bon import (
+from rewardjax.eval.bon_curves import (
     bon_coefficients,
     bon_curves,
     default_ns,
     expected_best_of_n,
     kl_bon,
-    load_alpaca_pools,
     reference_curves,
 )
+from rewardjax.eval.bon_pools import load_alpaca_pools
 
 
 def brute_force(proxy, gold, n):
@@ -196,7 +196,7 @@ def test_sampled_pools_from_a_tiny_policy_are_cached(tmp_path, monkeypatch):
 
 def test_run_config_from_config_json_over_current_defaults(tmp_path):
     from configs.bon import get_config
-    from rewardjax.eval.bon import load_run_config, scoring_config
+    from rewardjax.eval.bon_scoring import load_run_config, scoring_config
 
     saved = {"model": {"path": "random:llama", "max_length": 512}, "data": {"truncation": "drop"},
              "old_section": {"x": 1}}

@@ -206,7 +206,7 @@ def test_export_run_restores_the_checkpoint_and_falls_back_to_native(tmp_path):
     """``export_run``: newest checkpoint, normalisation over data.eval, native for mean-BERT."""
     import ml_collections
 
-    from rewardjax.models import native_export
+    from rewardjax.models.native_load import load_native
     from rewardjax.train.checkpoint import Checkpointer
 
     eval_file = tmp_path / "eval.jsonl"
@@ -228,7 +228,7 @@ def test_export_run_restores_the_checkpoint_and_falls_back_to_native(tmp_path):
     assert result["format"] == "native" and result["dir"] == str(tmp_path / "out")
     data = encode_pairs(PAIRS, run.encoder)
     want = score_encoded(run, state, data.chosen + data.rejected, config)
-    loaded = native_export.load_native(result["dir"])
+    loaded = load_native(result["dir"])
     np.testing.assert_allclose(loaded.score_encoded(data.chosen + data.rejected)["reward"],
                                want, atol=1e-6)
     norm = loaded.manifest["normalisation"]

@@ -23,6 +23,7 @@ from rewardjax.lora.stacked import score_experts
 from rewardjax.models import native_export as nx
 from rewardjax.models import registry
 from rewardjax.models.export import merged_model
+from rewardjax.models.native_load import load_native
 from rewardjax.models.reward_model import build_reward_model
 from rewardjax.train.setup import build_run
 from tests.models.test_export import PAIRS
@@ -60,7 +61,7 @@ def test_scalar_mean_pooled_encoder_roundtrip(tmp_path, bert_run):
     config, run, seqs = bert_run
     assert run.graphdef is not None
     out = nx.save_run(run, run.state, str(tmp_path / "native"), normalisation={"mean": 1.0})
-    loaded = nx.load_native(out)
+    loaded = load_native(out)
     assert loaded.kind == "scalar" and loaded.manifest["pooling"] == "mean"
     want = score_encoded(run, run.state, seqs, config)
     np.testing.assert_allclose(loaded.score_encoded(seqs, batch_size=3)["reward"], want,
@@ -83,7 +84,7 @@ def test_armorm_multi_objective_matches_stage_one_and_gate(tmp_path, bert_run):
     head = ArmoRMHead(["a", "b", "c", "verbose"], rng.normal(size=(d, k)), rng.normal(size=k),
                       debias, 3, gate, "gate", {"hidden": 16, "depth": 2, "temperature": 2.0})
     out = nx.save_armorm(str(tmp_path / "armorm"), run, run.state, head)
-    loaded = nx.load_native(out)
+    loaded = load_native(out)
     got = loaded.score(PROMPTS, RESPONSES, batch_size=5)
     feats = BackboneFeatures(run, config)(PROMPTS, RESPONSES)  # the ArmoRM feature pipeline
     want = head.score(feats["prompt"], feats["response"])
@@ -108,7 +109,7 @@ def test_ensemble_combines_members_and_stores_shared_tensors_once(tmp_path, bert
     single = nx.save_run(run, run.state, str(tmp_path / "one"))
     size = os.path.getsize(os.path.join(out, nx.TENSORS))
     assert size < 1.1 * os.path.getsize(os.path.join(single, nx.TENSORS))  # backbone once
-    loaded = nx.load_native(out)
+    loaded = load_native(out)
     got = loaded.score_encoded(seqs)
     per_member = np.stack([score_encoded(run, s, seqs, config) for s in states])
     np.testing.assert_allclose(got["members"], per_member, atol=1e-6)
@@ -186,7 +187,7 @@ def test_mixture_routes_and_aggregates_like_stacked_experts(tmp_path, feature):
                          members=[base_rm] + experts, combine=combine_spec,
                          modules={"router": router, "agg0": aggs[0], "agg1": aggs[1]},
                          encoding={"max_length": 64})
-    got = nx.load_native(out).score(PROMPTS, RESPONSES, batch_size=4)
+    got = load_native(out).score(PROMPTS, RESPONSES, batch_size=4)
     assert 0 < category.sum() < len(seqs)  # both categories are used
     np.testing.assert_array_equal(got["category"], category)
     np.testing.assert_allclose(got["category_rewards"], per_cat, atol=1e-5, rtol=1e-5)
@@ -206,8 +207,8 @@ def test_bad_inputs_are_refused(tmp_path, bert_run):
     manifest = json.load(open(path))
     json.dump({**manifest, "version": 99}, open(path, "w"))
     with pytest.raises(ValueError, match="version"):
-        nx.load_native(out)
+        load_native(out)
     manifest["tensors"].pop("members/0/head/bias")
     json.dump(manifest, open(path, "w"))
     with pytest.raises(ValueError, match="head/bias"):
-        nx.load_native(out)
+        load_native(out)

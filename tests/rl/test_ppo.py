@@ -12,7 +12,7 @@ import pytest
 
 from rewardjax.averaging.ema import elastic_reset
 from rewardjax.eval.plots import pareto_front
-from rewardjax.rl import ppo
+from rewardjax.rl import ppo, ppo_update
 from rewardjax.rl.rewards import length_scorer, shape_scores
 from tests.train.helpers import load_recipe as load_config
 
@@ -42,12 +42,12 @@ def plain(setup):
     """The update without Elastic Reset, compiled once for the tests that need it."""
     config, policy, _, _, _ = setup
     tx = ppo.make_optimizer(config.train, steps=10)
-    return tx, ppo.make_update(policy.graphdef, tx, None, config.rl)
+    return tx, ppo_update.make_update(policy.graphdef, tx, None, config.rl)
 
 
 def fresh_state(policy, tx, reset_tx=None):
     params = jax.tree.map(jnp.array, policy.params)  # the update donates its state
-    return ppo.init_rl_state(params, tx, reset_tx, 0.05)
+    return ppo_update.init_rl_state(params, tx, reset_tx, 0.05)
 
 
 def test_kl_to_reference_is_zero_at_step_zero(setup):
@@ -63,10 +63,10 @@ def test_one_ppo_update_decreases_the_clipped_loss_on_its_batch(setup, plain):
     rl = config.rl
     tx, update = plain
     state = fresh_state(policy, tx)
-    full, _ = ppo.advantages(batch, state.kl_coef, rl)
-    before, aux0 = ppo.rl_loss(policy.graphdef, policy.frozen, state.params, full, rl)
+    full, _ = ppo_update.advantages(batch, state.kl_coef, rl)
+    before, aux0 = ppo_update.rl_loss(policy.graphdef, policy.frozen, state.params, full, rl)
     new, metrics = update(state, policy.frozen, batch, jax.random.key(1))
-    after, aux1 = ppo.rl_loss(policy.graphdef, policy.frozen, new.params, full, rl)
+    after, aux1 = ppo_update.rl_loss(policy.graphdef, policy.frozen, new.params, full, rl)
     assert metrics["finite"] == 1.0 and int(new.step) == 1
     np.testing.assert_allclose(float(metrics["loss"]), float(before), rtol=1e-5)
     assert float(after) < float(before)
@@ -86,8 +86,8 @@ def test_elastic_reset_in_the_optimizer_step_pinned_by_hand():
     p_plain, o_plain = params, tx.init(params)
     seen = []
     for g in grads:
-        p, o, s = ppo.optimizer_step(p, o, s, g, tx, er)
-        p_plain, o_plain, _ = ppo.optimizer_step(p_plain, o_plain, None, g, tx, None)
+        p, o, s = ppo_update.optimizer_step(p, o, s, g, tx, er)
+        p_plain, o_plain, _ = ppo_update.optimizer_step(p_plain, o_plain, None, g, tx, None)
         seen.append((p, o, s, p_plain, o_plain))
     # Step 1: w = [0, 3], EMA = [0.5, 2.5]; no reset.
     np.testing.assert_allclose(seen[0][0]["lora"]["w"], [0.0, 3.0])
@@ -114,7 +114,7 @@ def test_elastic_reset_through_the_jitted_update(setup, plain):
     config, policy, _, batch, _ = setup
     tx, plain_update = plain
     reset_tx = elastic_reset(1.0, ppo.updates_per_iteration(config.rl))
-    s = ppo.make_update(policy.graphdef, tx, reset_tx, config.rl)(
+    s = ppo_update.make_update(policy.graphdef, tx, reset_tx, config.rl)(
         fresh_state(policy, tx, reset_tx), policy.frozen, batch, jax.random.key(1))[0]
     plain = plain_update(fresh_state(policy, tx), policy.frozen, batch, jax.random.key(1))[0]
     for a, b in zip(jax.tree.leaves(s.params["lora"]), jax.tree.leaves(policy.params["lora"])):
@@ -136,7 +136,7 @@ def test_rloo_path_runs_and_baselines_per_prompt():
     assert batch["mask"].shape[0] == 2  # one prompt, sampled twice
     np.testing.assert_array_equal(batch["prompt_ids"][0], batch["prompt_ids"][1])
     tx = ppo.make_optimizer(config.train, steps=10)
-    new, metrics = ppo.make_update(policy.graphdef, tx, None, config.rl)(
+    new, metrics = ppo_update.make_update(policy.graphdef, tx, None, config.rl)(
         fresh_state(policy, tx), policy.frozen, batch, jax.random.key(1))
     assert metrics["finite"] == 1.0 and np.isfinite(float(metrics["loss"]))
     assert any(float(jnp.max(jnp.abs(a - b))) > 0 for a, b in
@@ -146,7 +146,7 @@ def test_rloo_path_runs_and_baselines_per_prompt():
     kl = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0]], np.float32)
     toy = {"mask": jnp.ones((4, 2)), "old_logp": jnp.asarray(kl), "ref_logp": jnp.zeros((4, 2)),
            "scores": jnp.array([1.0, 3.0, 0.0, 2.0])}
-    full, _ = ppo.advantages(toy, 0.5, config.rl)
+    full, _ = ppo_update.advantages(toy, 0.5, config.rl)
     np.testing.assert_allclose(full["adv"], [-2.0, 2.0, -3.0, 3.0])
 
 

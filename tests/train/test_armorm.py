@@ -10,7 +10,7 @@ import pytest
 from rewardjax.data import simulator
 from rewardjax.heads import regression as ridge
 from rewardjax.heads.gating import ArmoRMHead, build_gate
-from rewardjax.train import armorm
+from rewardjax.train import armorm, armorm_data
 from tests.train.helpers import load_recipe
 
 
@@ -47,10 +47,10 @@ def test_debias_reaches_threshold_with_the_smallest_grid_lambda():
 
 def test_labels_come_from_pair_meta_with_missing_attributes_as_nan():
     pairs = simulator.simulate(simulator.SimulatorConfig(num_pairs=40, seed=1))
-    names = armorm.objective_names(pairs)
+    names = armorm_data.objective_names(pairs)
     assert names == [a for a in simulator.attribute_names() if a in names]
     assert "verbosity" in names
-    yc, yr = armorm.objective_labels(pairs, names)
+    yc, yr = armorm_data.objective_labels(pairs, names)
     for i, p in enumerate(pairs):
         for j, a in enumerate(names):
             if a in p.meta["attrs_chosen"]:
@@ -58,9 +58,9 @@ def test_labels_come_from_pair_meta_with_missing_attributes_as_nan():
                 assert yr[i, j] == p.meta["attrs_rejected"][a]
             else:  # not an attribute of this category
                 assert np.isnan(yc[i, j]) and np.isnan(yr[i, j])
-    y = armorm.drop_labels(np.zeros((2000, 5)), 0.1, seed=0)
+    y = armorm_data.drop_labels(np.zeros((2000, 5)), 0.1, seed=0)
     assert 0.08 < np.isnan(y).mean() < 0.12
-    fit, val = armorm.split_validation(10, 0.2, 0)
+    fit, val = armorm_data.split_validation(10, 0.2, 0)
     assert len(val) == 2 and sorted(np.r_[fit, val].tolist()) == list(range(10))
 
 
@@ -126,7 +126,7 @@ def test_end_to_end_through_main_and_the_cache_is_reused(tmp_path, monkeypatch):
     def no_backbone(*args, **kwargs):
         raise AssertionError("the backbone ran although the features were cached")
 
-    monkeypatch.setattr(armorm, "BackboneFeatures", no_backbone)
+    monkeypatch.setattr(armorm_data, "BackboneFeatures", no_backbone)
     again = run(config, str(tmp_path / "w2"))
     assert again["eval"] == summary["eval"]  # deterministic given the seed
 

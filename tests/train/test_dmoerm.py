@@ -16,17 +16,15 @@ from rewardjax.data import simulator
 from rewardjax.data.records import Pair
 from rewardjax.data.sources import load_train_pairs
 from rewardjax.data.tokenize import encode_pairs
-from rewardjax.train.dmoerm import (
+from rewardjax.train.dmoerm import reseed_lora, stage_config, transplant
+from rewardjax.train.dmoerm_data import (
     SubsetPlans,
     capabilities_of,
     capability_labels_from_ratings,
     expert_outputs,
     oriented_dataset,
     prompt_sequences,
-    reseed_lora,
     router_inputs,
-    stage_config,
-    transplant,
 )
 from rewardjax.train.members import init_members, member_params
 from rewardjax.train.setup import build_run
