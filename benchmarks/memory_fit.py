@@ -37,7 +37,6 @@ report says so.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import resource
@@ -120,14 +119,12 @@ def abstract_step(config):
     from rewardjax.models.reward_model import build_reward_model
     from rewardjax.sharding import state_shardings
     from rewardjax.train.optim import make_optimizer
-    from rewardjax.train.setup import dtype_of, mesh_and_rules, parse_overrides
+    from rewardjax.train.setup import dtype_of, mesh_and_rules, reward_backbone_spec
     from rewardjax.train.state import TrainState, count_params, split_model
     from rewardjax.train.step import batch_shardings, make_train_step
 
     mesh, rules = mesh_and_rules(config)
-    spec = registry.resolve(config.model.path)
-    overrides = parse_overrides(config.model.overrides)
-    spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, **overrides))
+    spec = reward_backbone_spec(config, registry.resolve(config.model.path))
     dtype, param_dtype = dtype_of(config.model.dtype), dtype_of(config.model.param_dtype)
 
     def build():

@@ -113,18 +113,26 @@ def pair_texts(pairs) -> list[str]:
     return out
 
 
+def reward_backbone_spec(config, spec, vocab_size: int | None = None):
+    """The backbone a reward model is built from: ``model.overrides`` applied (remat policy,
+    dropout, ...), a random backbone's vocabulary set to ``vocab_size`` (its tokenizer's), and an
+    untied ``lm_head`` dropped, since rewards never read next-token logits."""
+    overrides = parse_overrides(config.model.overrides)
+    if vocab_size is not None and spec.tokenizer is None and spec.load_weights is None:
+        overrides["vocab_size"] = vocab_size
+    if getattr(spec.config, "lm_head", False) and not spec.config.tie_embeddings:
+        overrides.setdefault("lm_head", False)
+    if overrides:
+        spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, **overrides))
+    return spec
+
+
 def build_run(config, workdir: str, train_pairs=None) -> Run:
     """Builds mesh, tokenizer, model and a freshly initialised sharded train state."""
     mesh, rules = mesh_and_rules(config)
     spec = registry.resolve(config.model.path)
     tokenizer = get_tokenizer(config, spec, workdir, lambda: pair_texts(train_pairs or []))
-    overrides = parse_overrides(config.model.overrides)
-    if spec.tokenizer is None and spec.load_weights is None:
-        overrides["vocab_size"] = len(tokenizer)  # random backbone: vocabulary from our tokenizer
-    if getattr(spec.config, "lm_head", False) and not spec.config.tie_embeddings:
-        overrides.setdefault("lm_head", False)  # rewards never read next-token logits
-    if overrides:  # e.g. remat policy or dropout for a pretrained backbone
-        spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, **overrides))
+    spec = reward_backbone_spec(config, spec, vocab_size=len(tokenizer))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     positions = getattr(spec.config, "max_position_embeddings", None)
