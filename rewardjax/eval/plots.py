@@ -32,6 +32,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str) -> str:
+    """Lays out, writes and closes ``fig``; returns ``path``."""
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _style(name: str, index: int) -> dict:
     """Members are thin grey lines (context), everything else a coloured line with markers."""
     if name in _REFERENCE_STYLE:
@@ -95,11 +104,7 @@ def plot_curves(path: str, x: Sequence[float], series: Mapping[str, Mapping[str,
         top.set_xticklabels(list(top_ticks[1]))
         top.set_xlabel("n")
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_bon(summary: dict, workdir: str) -> list[str]:
@@ -167,11 +172,7 @@ def plot_reward_vs_kl(path: str, runs: Mapping[str, Mapping[str, Sequence]]) -> 
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_pareto(path: str, runs: Mapping[str, Mapping[str, Sequence]],
@@ -200,8 +201,4 @@ def plot_pareto(path: str, runs: Mapping[str, Mapping[str, Sequence]],
     ax.set_title(f"Reward vs drift: Pareto fronts ({key})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
