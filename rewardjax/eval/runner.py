@@ -71,6 +71,22 @@ def gold_agreement(pairs, r_chosen, r_rejected) -> float | None:
 
 def evaluate_pairs(run, state, pairs, config) -> dict:
     rc, rr, data = score_pairs(run, state, pairs, config)
+    return pair_report(rc, rr, data, config)
+
+
+def evaluate_native_pairs(model, pairs, config) -> dict:
+    """:func:`evaluate_pairs` for a :class:`~rewardjax.models.native_load.NativeModel`."""
+    data = encode_pairs(pairs, model.encoder)
+    if not data.pairs:
+        raise ValueError("every pair was dropped by the truncation policy")
+    rewards = model.score_encoded(data.chosen + data.rejected, int(config.eval.batch_size))
+    n = len(data)
+    return pair_report(rewards["reward"][:n], rewards["reward"][n:], data, config)
+
+
+def pair_report(rc, rr, data, config) -> dict:
+    """Accuracy, calibration, per-source / per-category groups and gold agreement of pair
+    rewards ``rc`` (chosen) and ``rr`` (rejected) over the encoded pairs ``data``."""
     kept = data.pairs
     sources = [p.source for p in kept]
     res = pair_metrics(
@@ -117,14 +133,17 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_scores(path: str, responses, rewards) -> None:
+def write_scores(path: str, responses, rewards, **columns) -> None:
+    """One JSON line per response with its ``reward``; ``columns`` adds per-response fields
+    (e.g. ``objectives``: one dict per response)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        for resp, r in zip(responses, rewards):
+        for i, (resp, r) in enumerate(zip(responses, rewards)):
             row = {
                 "prompt": resp.prompt,
                 "response": resp.response,
                 "reward": float(r),
+                **{k: v[i] for k, v in columns.items()},
                 "source": resp.source,
                 **{k: v for k, v in resp.meta.items() if isinstance(v, (str, int, float, bool))},
             }

@@ -250,6 +250,29 @@ def _export_config(config):
     return defaults
 
 
+def export_armorm(config, workdir: str, out_dir: str, *, normalisation: dict | None = None,
+                  head: str = "gate") -> str:
+    """An ArmoRM workdir (``configs/armorm.py``) as a native multi-objective model: the frozen
+    backbone rebuilt from ``config.model`` (the one its features came from) and the saved
+    ``armorm/<head>`` heads (ridge regression, debiasing, gate)."""
+    from rewardjax.heads.gating import ArmoRMHead
+    from rewardjax.models import native_export
+    from rewardjax.train.setup import build_run
+
+    directory = os.path.join(workdir, "armorm", head)
+    if not os.path.isfile(os.path.join(directory, "model.json")):
+        raise FileNotFoundError(f"no ArmoRM head in {directory}: train the armorm recipe into "
+                                f"--workdir first")
+    with open(os.path.join(directory, "model.json")) as f:
+        features = json.load(f).get("features", {})
+    if features and features.get("path") != config.model.path:
+        raise ValueError(f"{directory} was fitted on features of {features.get('path')!r}, not "
+                         f"model.path={config.model.path!r}: pass the training config")
+    run = build_run(config, workdir)
+    return native_export.save_armorm(out_dir, run, run.state, ArmoRMHead.load(directory),
+                                     normalisation=normalisation)
+
+
 def export_run(config, workdir: str) -> dict:
     """The ``export`` mode: restores ``workdir``'s newest checkpoint and exports it.
 
@@ -261,11 +284,14 @@ def export_run(config, workdir: str) -> dict:
       ``{"format", "dir", "normalisation"}``.
     """
     from rewardjax.data.sources import load_sets
-    from rewardjax.eval.modes import load_trained
+    from rewardjax.eval.modes import NATIVE_RECIPES, check_recipe, load_trained
     from rewardjax.eval.runner import score_pairs
     from rewardjax.models import native_export
 
+    check_recipe(config, "export")
     opts = _export_config(config)
+    if config.recipe in NATIVE_RECIPES:
+        return _export_armorm_run(config, workdir, opts)
     run = load_trained(config, workdir)
     norm = None
     if opts["stats"] == "eval" and config.data.eval:
@@ -295,3 +321,34 @@ def export_run(config, workdir: str) -> dict:
     if jax.process_index() == 0:
         print(f"exported ({fmt}) -> {out}")
     return {"format": fmt, "dir": out, "normalisation": norm}
+
+
+def _export_armorm_run(config, workdir: str, opts: dict) -> dict:
+    """``export_run`` for an ArmoRM workdir: always the native format (no HF form exists for K
+    objectives and a gate); ``stats=eval`` normalises the gated reward over ``data.eval``."""
+    from rewardjax.data.sources import load_sets
+    from rewardjax.models import native_export
+    from rewardjax.models.native_load import load_native
+
+    if opts["format"] == "hf":
+        raise NotExportable("an ArmoRM model (K objectives, debiasing, a gate) has no HF "
+                            "sequence-classification form; use export.format=native or auto")
+    if opts["stats"] not in ("eval", "none"):
+        raise ValueError(f"export.stats must be eval or none, got {opts['stats']!r}")
+    out = opts["dir"] or os.path.join(workdir, "export")
+    export_armorm(config, workdir, out)
+    norm = None
+    if opts["stats"] == "eval" and config.data.eval:
+        from rewardjax.data.tokenize import encode_pairs
+
+        model, rewards, names = load_native(out), [], []
+        for name, pairs, _ in load_sets(config.data.eval, config.data):
+            data = encode_pairs(pairs, model.encoder)
+            rewards.append(model.score_encoded(data.chosen + data.rejected,
+                                               int(config.eval.batch_size))["reward"])
+            names.append(name)
+        norm = reward_statistics(np.concatenate(rewards), data=",".join(names))
+        native_export.set_normalisation(out, norm)
+    if jax.process_index() == 0:
+        print(f"exported (native, ArmoRM) -> {out}")
+    return {"format": "native", "dir": out, "normalisation": norm}

@@ -174,6 +174,17 @@ def save_native(out_dir: str, *, kind: str, spec, tokenizer, members, combine: d
     return out_dir
 
 
+def set_normalisation(out_dir: str, normalisation: dict | None) -> None:
+    """Rewrites the ``normalisation`` entry of an existing export's manifest (statistics that
+    need the exported model itself to compute)."""
+    path = os.path.join(out_dir, MANIFEST)
+    with open(path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    manifest["normalisation"] = normalisation
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+
+
 def encoding_of(config) -> dict:
     """The ``encoding`` manifest entry from a run config."""
     return {"max_length": int(config.model.max_length), "truncation": config.data.truncation,

@@ -10,6 +10,7 @@ import pytest
 from rewardjax.data import simulator
 from rewardjax.heads import regression as ridge
 from rewardjax.heads.gating import ArmoRMHead, build_gate
+from rewardjax.models.native_load import load_native
 from rewardjax.train import armorm, armorm_data
 from tests.train.helpers import load_recipe
 
@@ -122,6 +123,32 @@ def test_end_to_end_through_main_and_the_cache_is_reused(tmp_path, monkeypatch):
                                rtol=1e-4, atol=1e-4)
     assert len(os.listdir(tmp_path / "cache")) == 2 * 3  # npz + json for train, test_id, ood
 
+    # eval / score / export read the workdir through the native export: the gated model the
+    # run evaluated, to float32 rounding.
+    w1 = str(tmp_path / "w1")
+    config.mode = "eval"
+    ev = run(config, w1)
+    for name in ("sim:test_id", "sim:test_ood"):
+        for key in ("accuracy", "gold_accuracy", "ece"):
+            np.testing.assert_allclose(ev["eval"][name][key], summary["eval"][name]["gate"][key],
+                                       atol=1e-5, err_msg=f"{name} {key}")
+    inp = tmp_path / "responses.jsonl"
+    texts = [("Name a colour.", "Blue."), ("Name a colour.", "A long answer: blue, maybe red.")]
+    inp.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in texts))
+    config.mode, config.score.input = "score", str(inp)
+    scored = [json.loads(line) for line in open(run(config, w1))]
+    native = load_native(os.path.join(w1, "export"))
+    direct = native.score([[{"role": "user", "content": p}] for p, _ in texts],
+                          [r for _, r in texts])
+    np.testing.assert_allclose([s["reward"] for s in scored], direct["reward"], rtol=1e-6)
+    assert [list(s["objectives"]) for s in scored] == [summary["objectives"]] * 2
+    config.mode = "export"
+    exported = run(config, w1)
+    assert exported["format"] == "native"
+    assert exported["normalisation"]["count"] == 2 * (32 + 32)  # both sides of both eval sets
+    assert load_native(exported["dir"]).manifest["normalisation"] == exported["normalisation"]
+    config.mode = "train"
+
     # Second run, new workdir: every feature comes from the cache, the backbone never runs.
     def no_backbone(*args, **kwargs):
         raise AssertionError("the backbone ran although the features were cached")
@@ -144,3 +171,13 @@ def test_discordant_counts_are_mcnemar_counts():
     assert out["label"] == {"only_first": 1, "only_second": 2}
     # gold (ties dropped): truth +, +, -; a: +, -, - -> right on 0, 2; b: +, +, + -> 0, 1
     assert out["gold"] == {"only_first": 1, "only_second": 1}
+
+
+def test_modes_refuse_workdirs_without_one_reward_model(tmp_path):
+    from rewardjax.main import run
+
+    config = load_recipe("warm", "runlocal")
+    for mode in ("eval", "score", "export"):
+        config.mode = mode
+        with pytest.raises(ValueError, match="warm.json"):
+            run(config, str(tmp_path))
