@@ -366,10 +366,18 @@ def run_rewardbench(config, workdir: str, *, source: str = "offline", v2_limit: 
     import tempfile
 
     from rewardjax.data.sources import data_root
-    from rewardjax.eval.modes import load_trained
+    from rewardjax.eval.modes import NATIVE_RECIPES, check_recipe, load_native_workdir, load_trained
 
-    run = load_trained(config, workdir)
-    score = run_scorer(run, run.state, config)
+    check_recipe(config, "rewardbench")
+    if config.recipe in NATIVE_RECIPES:  # ArmoRM: its gated reward, through the native export
+        native = load_native_workdir(config, workdir)
+        bs = int(config.eval.batch_size)
+
+        def score(items):
+            return native.score([p for p, _ in items], [t for _, t in items], bs)["reward"]
+    else:
+        run = load_trained(config, workdir)
+        score = run_scorer(run, run.state, config)
     if source == "hub":
         sets = {1: load(1), 2: load(2)}
     elif source == "offline":
