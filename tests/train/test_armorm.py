@@ -147,6 +147,12 @@ def test_end_to_end_through_main_and_the_cache_is_reused(tmp_path, monkeypatch):
     assert exported["format"] == "native"
     assert exported["normalisation"]["count"] == 2 * (32 + 32)  # both sides of both eval sets
     assert load_native(exported["dir"]).manifest["normalisation"] == exported["normalisation"]
+    from rewardjax.data.sources import data_root
+
+    if os.path.isdir(os.path.join(data_root(), "llmbar")):  # offline RewardBench records
+        config.mode, config.rewardbench.v2_limit = "rewardbench", 4
+        rb = run(config, w1)
+        assert 0.0 <= rb["v1"]["sections"]["Chat Hard"] <= 1.0
     config.mode = "train"
 
     # Second run, new workdir: every feature comes from the cache, the backbone never runs.
