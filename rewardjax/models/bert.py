@@ -21,7 +21,6 @@ from rewardjax.models.layers import (
 )
 from rewardjax.models.llama import (
     Attention,
-    check_memory_options,
     dropout_rates,
     embed_lookup,
     linear,
@@ -31,6 +30,7 @@ from rewardjax.models.llama import (
     scan_layers,
     stack_layers,
 )
+from rewardjax.models.llama_config import check_memory_options
 from rewardjax.sharding import constrain
 
 _ACTIVATIONS = {

@@ -8,7 +8,7 @@ import types
 import pytest
 
 from rewardjax.data import formats, io
-from rewardjax.data.formats import Ranking
+from rewardjax.data.converters import Ranking
 from rewardjax.data.records import DataError, Pair
 
 HH_C = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Tell me a joke\n\nAssistant: Why did..."

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from rewardjax.data import formats, io
+from rewardjax.data.converters import ROLES
 from rewardjax.data.records import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,7 +30,7 @@ def data_path(*parts):
 def check_pairs(pairs):
     for p in pairs:
         assert p.chosen.strip() and p.rejected.strip()
-        assert all(m["role"] in formats.ROLES and isinstance(m["content"], str) for m in p.prompt)
+        assert all(m["role"] in ROLES and isinstance(m["content"], str) for m in p.prompt)
         assert "file" in p.meta and "record" in p.meta
 
 
