@@ -105,10 +105,11 @@ def score(config, workdir: str) -> str:
         model = load_native_workdir(config, workdir)
         encoder = model.encoder
         seqs, kept = encode_responses(responses, encoder)
-        out = model.score_encoded(seqs, int(config.eval.batch_size))
-        rewards = out["reward"]
+        scored = model.score_encoded(seqs, int(config.eval.batch_size))
+        rewards = scored["reward"]
         names = model.manifest["objectives"]
-        extra = {"objectives": [dict(zip(names, map(float, row))) for row in out["objectives"]]}
+        extra = {"objectives": [dict(zip(names, map(float, row)))
+                                for row in scored["objectives"]]}
     else:
         run = load_trained(config, workdir)
         encoder = run.encoder

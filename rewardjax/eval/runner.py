@@ -74,14 +74,21 @@ def evaluate_pairs(run, state, pairs, config) -> dict:
     return pair_report(rc, rr, data, config)
 
 
-def evaluate_native_pairs(model, pairs, config) -> dict:
-    """:func:`evaluate_pairs` for a :class:`~rewardjax.models.native_load.NativeModel`."""
+def score_native_pairs(model, pairs, config):
+    """:func:`score_pairs` for a :class:`~rewardjax.models.native_load.NativeModel` (its own
+    encoder; the combined reward)."""
     data = encode_pairs(pairs, model.encoder)
     if not data.pairs:
         raise ValueError("every pair was dropped by the truncation policy")
-    rewards = model.score_encoded(data.chosen + data.rejected, int(config.eval.batch_size))
+    rewards = model.score_encoded(data.chosen + data.rejected,
+                                  int(config.eval.batch_size))["reward"]
     n = len(data)
-    return pair_report(rewards["reward"][:n], rewards["reward"][n:], data, config)
+    return rewards[:n], rewards[n:], data
+
+
+def evaluate_native_pairs(model, pairs, config) -> dict:
+    """:func:`evaluate_pairs` for a :class:`~rewardjax.models.native_load.NativeModel`."""
+    return pair_report(*score_native_pairs(model, pairs, config), config)
 
 
 def pair_report(rc, rr, data, config) -> dict:

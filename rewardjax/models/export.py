@@ -339,13 +339,12 @@ def _export_armorm_run(config, workdir: str, opts: dict) -> dict:
     export_armorm(config, workdir, out)
     norm = None
     if opts["stats"] == "eval" and config.data.eval:
-        from rewardjax.data.tokenize import encode_pairs
+        from rewardjax.eval.runner import score_native_pairs
 
         model, rewards, names = load_native(out), [], []
         for name, pairs, _ in load_sets(config.data.eval, config.data):
-            data = encode_pairs(pairs, model.encoder)
-            rewards.append(model.score_encoded(data.chosen + data.rejected,
-                                               int(config.eval.batch_size))["reward"])
+            rc, rr, _ = score_native_pairs(model, pairs, config)
+            rewards += [rc, rr]
             names.append(name)
         norm = reward_statistics(np.concatenate(rewards), data=",".join(names))
         native_export.set_normalisation(out, norm)
