@@ -7,6 +7,7 @@ Users and scripts can rely on ``model.path``, ``data.train``, ``data.eval``, ``t
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from rewardjax.sharding import DEFAULT_RULES
 
@@ -35,8 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.path = "random:llama"
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
     c.model.param_dtype = "float32"  # master weights
-    c.model.pooling = "auto"  # auto (last for causal LMs, mean for encoders) | last | cls | mean
-    c.model.max_length = 512
+    # auto: defaults.*.pooling_causal / pooling_encoder | last | cls | mean | pooler (BERT's
+    # tanh pooler over the first token, from the checkpoint)
+    c.model.pooling = "auto"
+    c.model.max_length = config_dict.placeholder(int)  # None: follows the backbone (defaults.*)
     c.model.vocab_size = 8192  # word-level tokenizer size for random backbones
     # Backbone config fields as "key=value,...", e.g. "remat=full,scan_unroll=6".
     c.model.overrides = ""
@@ -50,6 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_limit = 0  # > 0: a fixed random subset of that many training pairs
     c.data.eval_limit = 0  # > 0: cap each evaluation set at a fixed random subset
     c.data.truncation = "keep_end"  # keep_end | drop
+    # Empty responses, identical pairs, HH transcripts whose prompts disagree: auto (drop /
+    # repair and count for the published benchmark formats, an error for trl / ranking files),
+    # drop (drop / repair and count everywhere), error (stop at the first, naming file and record)
+    c.data.odd_records = "auto"
     c.data.encoding = "auto"  # auto | chat | pair | plain
     c.data.padding_side = "right"
     c.data.buckets = ()  # () -> powers of two from 64 up to model.max_length
@@ -77,8 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.steps = 200
     c.train.batch_size = 16
     c.train.grad_accum = 1
-    c.train.lr = 1e-4
-    c.train.warmup_steps = 20
+    c.train.lr = config_dict.placeholder(float)  # None: follows the backbone (defaults.*)
+    c.train.warmup_steps = config_dict.placeholder(int)  # None: follows the backbone
     c.train.schedule = "cosine"
     c.train.weight_decay = 0.0
     c.train.b1 = 0.9
@@ -94,6 +101,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.progress = True
     c.train.tensorboard = True
     c.train.debug_kill_at_step = 0  # testing: SIGKILL the process after this step
+
+    # What unset train.lr / train.warmup_steps / model.max_length / model.pooling=auto become
+    # (rewardjax.train.defaults): recipes set `scratch` for their embedded random model; a
+    # pretrained model.path gets `finetune`, so a recipe's from-scratch rate never hits it.
+    c.defaults = ml_collections.ConfigDict()
+    c.defaults.scratch = ml_collections.ConfigDict(
+        {"lr": 1e-4, "warmup_steps": 20, "max_length": 512, "pooling_causal": "last",
+         "pooling_encoder": "mean"})
+    c.defaults.finetune = ml_collections.ConfigDict({
+        # learning rate by backbone size: <= 50M params 1e-4, <= 500M 2e-5, larger 1e-5
+        "size_limits": (5e7, 5e8), "size_lrs": (1e-4, 2e-5, 1e-5),
+        "lora_lr": 1e-4,
+        "warmup_fraction": 0.0,
+        "max_length": 1024,  # cap on the checkpoint's position table
+        "pooling_causal": "last", "pooling_encoder": "mean",
+    })
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
@@ -112,11 +135,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.export.dir = ""  # "" -> <workdir>/export
     c.export.format = "auto"  # auto (HF when exact, else native) | hf | native
     c.export.stats = "eval"  # reward mean / std over data.eval responses | none
+    # Llama-family HF export of a head with a non-zero bias (HF's score layer has none): False
+    # refuses it (auto then writes native); True drops it, shifting transformers scores by it
+    c.export.drop_bias = False
 
     c.rewardbench = ml_collections.ConfigDict()
     c.rewardbench.source = "offline"  # offline (records built from ../shared/data) | hub | a path
     c.rewardbench.v2_limit = 200
     return c
+
+
+def shrink_max_length(c, limit: int) -> None:
+    """``runlocal``: caps the sequence length whether it is set or follows the backbone."""
+    c.defaults.scratch.max_length = min(int(c.defaults.scratch.max_length), limit)
+    c.defaults.finetune.max_length = min(int(c.defaults.finetune.max_length), limit)
+    if c.model.max_length is not None:
+        c.model.max_length = min(int(c.model.max_length), limit)
 
 
 def load_config_file(path: str, arg: str | None = None):

@@ -33,6 +33,10 @@ RECIPES = {
 def run(config, workdir: str):
     """Dispatches on ``config.mode`` (and ``config.recipe`` for training); usable from Python
     and notebooks as well."""
+    if config.get("model") is not None and config.model.get("path"):
+        from rewardjax.train.setup import resolve_config
+
+        resolve_config(config)
     if config.mode == "train":
         if config.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {config.recipe!r}; choose from {sorted(RECIPES)}")

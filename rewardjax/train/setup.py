@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 from rewardjax.data.tokenize import SequenceEncoder, build_wordlevel_tokenizer
 from rewardjax.models import registry
 from rewardjax.models.reward_model import build_reward_model
+from rewardjax.train.defaults import log_effective, resolve_defaults
 from rewardjax.train.optim import make_optimizer
 from rewardjax.train.state import init_state
 from rewardjax.train.step import make_train_step, place_batch
@@ -127,10 +128,18 @@ def reward_backbone_spec(config, spec, vocab_size: int | None = None):
     return spec
 
 
+def resolve_config(config) -> None:
+    """Fills the settings that follow the backbone (:mod:`rewardjax.train.defaults`) and logs
+    the effective values; call once before a run reads them (``build_run`` also does)."""
+    spec = registry.resolve(config.model.path)
+    log_effective(resolve_defaults(config, spec), config.model.path)
+
+
 def build_run(config, workdir: str, train_pairs=None) -> Run:
     """Builds mesh, tokenizer, model and a freshly initialised sharded train state."""
     mesh, rules = mesh_and_rules(config)
     spec = registry.resolve(config.model.path)
+    resolve_defaults(config, spec)
     tokenizer = get_tokenizer(config, spec, workdir, lambda: pair_texts(train_pairs or []))
     spec = reward_backbone_spec(config, spec, vocab_size=len(tokenizer))
     if tokenizer.pad_token_id is None:
