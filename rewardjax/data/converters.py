@@ -36,6 +36,13 @@ class Ranking:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+# How a command-line user changes the oddity policy (and a Python caller).
+DROP_HINT = ("set --config.data.odd_records=drop to drop and count such records "
+             "(load_pairs(..., strict=False) from Python)")
+REPAIR_HINT = ("set --config.data.odd_records=drop to repair such pairs from the shared prefix "
+               "and count them (load_pairs(..., strict=False) from Python)")
+
+
 @dataclasses.dataclass
 class _Ctx:
     """Where a record came from, the oddity policy, and the counters it updates."""
@@ -106,11 +113,14 @@ def _pair(ctx: _Ctx, prompt: list, chosen: str, rejected: str, **meta) -> list[P
     for name, text in (("chosen", chosen), ("rejected", rejected)):
         if not text.strip():
             if ctx.strict:
-                raise ctx.error(f"empty {name} response (whitespace only); pass strict=False "
-                                "to drop and count such pairs")
+                raise ctx.error(f"empty {name} response (whitespace only); {DROP_HINT}")
             ctx.stats["dropped_empty"] += 1
             return []
-    ctx.stats["identical"] += chosen == rejected
+    if chosen == rejected:  # no preference to learn, and always a "wrong" tie in evaluation
+        if ctx.strict:
+            raise ctx.error(f"chosen and rejected responses are identical; {DROP_HINT}")
+        ctx.stats["dropped_identical"] += 1
+        return []
     roles = [m["role"] for m in prompt]
     ctx.stats["non_alternating_prompt"] += any(a == b for a, b in itertools.pairwise(roles))
     meta = {"file": ctx.file, "record": ctx.index, "format": ctx.fmt, **meta}
@@ -171,8 +181,8 @@ def _conv_hh(rec: dict, ctx: _Ctx) -> list:
                f"{_first_difference(pc, pr)}; {len(pc)} vs {len(pr)} prompt turns)")
     repaired = None if ctx.strict else _repair_hh(chosen, rejected, ctx)
     if repaired is None:
-        raise ctx.error(problem + ("" if ctx.strict else " and no shared Assistant turn to "
-                                   "split at"))
+        raise ctx.error(problem + (f"; {REPAIR_HINT}" if ctx.strict else
+                                   " and no shared Assistant turn to split at"))
     ctx.stats["repaired_prompt"] += 1
     return _pair(ctx, *repaired, repaired_prompt=True)
 
@@ -280,7 +290,7 @@ def _conv_ranking(rec: dict, ctx: _Ctx) -> Ranking | None:
             raise ctx.error(f"{key}[{i}] is {_short(v)}, expected a number")
         if not text.strip():
             if ctx.strict:
-                raise ctx.error(f"empty response responses[{i}] (whitespace only)")
+                raise ctx.error(f"empty response responses[{i}] (whitespace only); {DROP_HINT}")
             ctx.stats["dropped_empty"] += 1
             return None
     # Rank 1 is best, so scores are negated ranks (higher is better everywhere downstream).

@@ -3,7 +3,8 @@
 Structural problems (missing field, wrong type, unknown role, bad label) always raise a
 :class:`DataError` naming file, record and problem. Content oddities that occur in the public
 datasets themselves are handled by an explicit policy and counted in the returned stats, never
-silently: with ``strict=False`` a pair with an empty response is dropped (``dropped_empty``) and
+silently: with ``strict=False`` a pair with an empty response is dropped (``dropped_empty``), so is
+a pair whose two responses are identical (``dropped_identical``), and
 an HH pair whose two transcripts disagree on the prompt is repaired from their shared prefix
 (``repaired_prompt``). ``strict=None`` picks per format: lenient for the published benchmark
 formats "hh", "pandalm" and "llmbar" (their files contain such records: 4 HH, 52 PandaLM,
@@ -24,6 +25,7 @@ from typing import Any
 from rewardjax.data import io
 from rewardjax.data.converters import (
     _CONVERTERS,
+    DROP_HINT,
     Ranking,
     _conv_ranking,
     _Ctx,
@@ -39,7 +41,7 @@ from rewardjax.data.records import DataError, Pair, Response
 FORMATS = ("trl", "hh", "pandalm", "llmbar", "ranking", "response")
 _LENIENT_BY_DEFAULT = ("hh", "pandalm", "llmbar")
 STAT_KEYS = ("read", "kept", "dropped_ties", "dropped_no_majority", "dropped_empty", "coerced",
-             "repaired_prompt", "identical", "non_alternating_prompt")
+             "repaired_prompt", "dropped_identical", "non_alternating_prompt")
 
 
 def detect_format(record: dict, *, file: str | None = None, index: int | str | None = None) -> str:
@@ -183,7 +185,7 @@ def load_responses(spec: str, *, source: str | None = None,
             if text.strip():
                 out.append(Response(prompt, text, ctx.source, meta=meta))
             elif ctx.strict:
-                raise ctx.error("empty response (whitespace only)")
+                raise ctx.error(f"empty response (whitespace only); {DROP_HINT}")
             else:
                 ctx.stats["dropped_empty"] += 1
         elif file_fmt == "ranking":

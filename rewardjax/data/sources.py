@@ -11,6 +11,7 @@ A spec is a comma-separated list; each item is one of
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 
@@ -19,6 +20,34 @@ import numpy as np
 from rewardjax.data.records import Pair
 
 SIM_SPLITS = ("train", "test_id", "test_ood")
+# data.odd_records -> load_pairs(strict=): what empty responses, identical pairs and HH
+# transcripts with disagreeing prompts do. auto: lenient for the published benchmark formats
+# (hh, pandalm, llmbar), an error for the formats a user writes (trl, ranking).
+ODD_RECORDS = {"auto": None, "error": True, "drop": False}
+# Counters of formats.load_pairs worth a line in the log when non-zero.
+_REPORTED = ("dropped_ties", "dropped_no_majority", "dropped_empty", "dropped_identical",
+             "coerced", "repaired_prompt", "non_alternating_prompt")
+
+log = logging.getLogger(__name__)
+
+
+def strict_of(data_cfg) -> bool | None:
+    policy = str(data_cfg.get("odd_records", "auto"))
+    if policy not in ODD_RECORDS:
+        raise ValueError(f"--config.data.odd_records={policy!r}: choose from "
+                         f"{', '.join(ODD_RECORDS)}")
+    return ODD_RECORDS[policy]
+
+
+def describe_stats(name: str, stats: dict) -> str:
+    """One line: what loading a set read, kept, dropped and repaired."""
+    parts = [f"read {stats.get('read', stats.get('kept', 0))}", f"kept {stats.get('kept', 0)}"]
+    parts += [f"{k} {stats[k]}" for k in _REPORTED if stats.get(k)]
+    if "split" in stats:
+        parts.append(f"@{stats['split']} {stats.get('kept_after_split')}")
+    if "subsampled" in stats:
+        parts.append(f"subsampled to {stats['subsampled']}")
+    return f"data {name}: " + ", ".join(parts)
 
 
 def split_specs(specs: str) -> list[str]:
@@ -85,7 +114,7 @@ def load_spec(spec: str, data_cfg) -> tuple[list[Pair], dict]:
     if sep and part not in ("train", "heldout"):
         raise ValueError(f"unknown split suffix @{part} in {spec!r}; use @train or @heldout")
     target = path if path.startswith("hf:") else expand(path)
-    pairs, stats = formats.load_pairs(target, fmt=data_cfg.format)
+    pairs, stats = formats.load_pairs(target, fmt=data_cfg.format, strict=strict_of(data_cfg))
     if part:
         train, heldout = formats.split_pairs(pairs, data_cfg.holdout_fraction, data_cfg.split_seed)
         pairs = train if part == "train" else heldout
@@ -112,14 +141,25 @@ def load_sets(specs: str, data_cfg, limit: int | None = None) -> list[tuple[str,
         if limit and len(pairs) > limit:
             pairs = subsample(pairs, limit, data_cfg.split_seed)
             stats = dict(stats, subsampled=len(pairs))
+        log.info(describe_stats(spec_name(s), stats))
         out.append((spec_name(s), pairs, stats))
     return out
 
 
-def load_train_pairs(data_cfg) -> list[Pair]:
-    """All ``data.train`` sets concatenated, capped at ``data.train_limit`` pairs (0 = all)."""
+def load_train_pairs(data_cfg, report: dict | None = None) -> list[Pair]:
+    """All ``data.train`` sets concatenated, capped at ``data.train_limit`` pairs (0 = all).
+
+    ``report``, when given, receives ``{set name: load counters}`` (read, kept, every drop and
+    repair) for the run's summary."""
     sets = load_sets(data_cfg.train, data_cfg, limit=0)
+    if report is not None:
+        report.update({name: summary_stats(stats) for name, _, stats in sets})
     pairs = [p for _, ps, _ in sets for p in ps]
     if not pairs:
         raise ValueError("data.train is empty: name at least one training set")
     return subsample(pairs, int(data_cfg.get("train_limit", 0)), data_cfg.split_seed)
+
+
+def summary_stats(stats: dict) -> dict:
+    """Load counters without the per-file breakdown (that stays in the loader's return)."""
+    return {k: v for k, v in stats.items() if k != "files"}

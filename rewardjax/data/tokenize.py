@@ -7,6 +7,9 @@ Three ways of rendering a (prompt, response) pair, picked from the tokenizer:
   the rest of the full rendering;
 * an encoder without a template (BERT / MiniLM): ``[CLS] prompt [SEP] response [SEP]`` with
   token type ids 0/1, the prompt flattened to ``User: ...`` lines;
+* ``"single"`` (asked for): one segment in the tokenizer's single-sequence frame
+  (``[CLS] User: ...\nAssistant: response [SEP]`` for BERT, BOS ... EOS otherwise), token type 0
+  throughout - what a ``*ForSequenceClassification`` model sees when trained on transcripts;
 * anything else: the flattened prompt, a separator, the response.
 
 Truncation is a stated policy, applied to the token ids and counted:
@@ -27,6 +30,7 @@ import numpy as np
 from rewardjax.data.records import Pair, Response
 
 TRUNCATION_POLICIES = ("keep_end", "drop")
+ENCODINGS = ("chat", "pair", "single", "plain")
 
 # A minimal chat template for tokenizers we build ourselves (word-level, for random models).
 SIMPLE_CHAT_TEMPLATE = (
@@ -92,7 +96,7 @@ class SequenceEncoder:
                 mode = "pair"
             else:
                 mode = "plain"
-        if mode not in ("chat", "pair", "plain"):
+        if mode not in ENCODINGS:
             raise ValueError(f"unknown encoding mode {mode!r}")
         self.mode = mode
         self.stats = TruncationStats()
@@ -124,6 +128,9 @@ class SequenceEncoder:
             return [cls], self._ids(flatten_prompt(prompt)), [sep], self._ids(response), [sep]
         bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
         eos = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
+        if self.mode == "single":  # the encoder's own frame around one segment
+            if self.tok.cls_token_id is not None and self.tok.sep_token_id is not None:
+                bos, eos = [self.tok.cls_token_id], [self.tok.sep_token_id]
         sep = self._ids("\nAssistant: ") if prompt else []
         return bos, self._ids(flatten_prompt(prompt)), sep, self._ids(response), eos
 

@@ -5,10 +5,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 
 import jax
 import numpy as np
+
+_ILLEGAL = re.compile(r"[^A-Za-z0-9_.\-/]")
+
+
+def metric_name(name: str) -> str:
+    """A scalar name every writer accepts (TensorBoard allows ``[A-Za-z0-9_./-]``): eval-set
+    names such as ``sim:test_id`` or ``Adversarial_*`` become ``sim_test_id``, ..."""
+    return _ILLEGAL.sub("_", name)
 
 
 def to_python(x):
@@ -53,7 +62,7 @@ class MetricsWriter:
         if self.tb is not None:
             for k, v in _flatten(metrics).items():
                 if isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(float(v)):
-                    self.tb.add_scalar(f"{split}/{k}", float(v), int(step))
+                    self.tb.add_scalar(metric_name(f"{split}/{k}"), float(v), int(step))
 
     def close(self) -> None:
         if self.tb is not None:

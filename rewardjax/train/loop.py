@@ -13,7 +13,7 @@ import tqdm
 
 from rewardjax.data.batching import BatchPlan, collate_pairs, default_buckets
 from rewardjax.data.packing import PackedPairBatches
-from rewardjax.data.sources import load_sets, load_train_pairs
+from rewardjax.data.sources import load_sets, load_train_pairs, summary_stats
 from rewardjax.data.tokenize import encode_pairs
 from rewardjax.eval.runner import evaluate_sets, format_table
 from rewardjax.train.checkpoint import Checkpointer
@@ -33,7 +33,8 @@ def train(config, workdir: str) -> dict:
     t_start = time.time()
     os.makedirs(workdir, exist_ok=True)
     tcfg = config.train
-    train_pairs = load_train_pairs(config.data)
+    loaded: dict = {}
+    train_pairs = load_train_pairs(config.data, report=loaded)
     eval_sets = load_sets(config.data.eval, config.data)
     run = build_run(config, workdir, train_pairs)
     if jax.process_index() == 0:
@@ -105,6 +106,8 @@ def train(config, workdir: str) -> dict:
         "steps": int(state.step),
         "wall_time_s": time.time() - t_start,
         "train_pairs": len(data),
+        "data": {"train": loaded,
+                 "eval": {name: summary_stats(stats) for name, _, stats in eval_sets}},
         "truncation": data.stats.as_dict(),
         "train_real_tokens_per_s": tokens / max(train_time, 1e-9),
         "eval": results,

@@ -76,9 +76,9 @@ def test_llmbar_all_files():
     assert read == LLMBAR
     kept = collections.Counter(p.source.split("/")[1] for p in pairs)
     # Processed_LLMEval2 record 169: output_2 is whitespace only (dropped, counted);
-    # record 57 has two identical outputs (kept, counted as identical).
-    assert kept == dict(LLMBAR, Processed_LLMEval2=199)
-    assert stats["dropped_empty"] == 1 and stats["identical"] == 1
+    # record 57 has two identical outputs (dropped, counted as identical).
+    assert kept == dict(LLMBAR, Processed_LLMEval2=198)
+    assert stats["dropped_empty"] == 1 and stats["dropped_identical"] == 1
     assert {v["format"] for v in stats["files"].values()} == {"llmbar"}
     check_pairs(pairs)
 

@@ -86,3 +86,46 @@ def test_train_and_eval_limits_take_fixed_subsets_in_order(tmp_path):
     cfg.train = ""
     with pytest.raises(ValueError, match="data.train is empty"):
         load_train_pairs(cfg)
+
+
+def _trl_file(path, rows):
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def test_odd_records_policy_is_a_config_key_and_errors_name_the_flag(tmp_path):
+    """A user's TRL file with one whitespace-only response and one identical pair: an error
+    naming file, record and the --config flag by default; dropped and counted with the flag."""
+    path = str(tmp_path / "mine.jsonl")
+    _trl_file(path, [{"prompt": "q0", "chosen": "a", "rejected": "b"},
+                     {"prompt": "q1", "chosen": "a", "rejected": "   "},
+                     {"prompt": "q2", "chosen": "same", "rejected": "same"},
+                     {"prompt": "q3", "chosen": "c", "rejected": "d"}])
+    cfg = _cfg()
+    with pytest.raises(DataError) as err:
+        load_train_pairs(dict_cfg(cfg, train=path))
+    msg = str(err.value)
+    assert "mine.jsonl" in msg and "record 2" in msg and "--config.data.odd_records=drop" in msg
+    report = {}
+    pairs = load_train_pairs(dict_cfg(cfg, train=path, odd_records="drop"), report=report)
+    assert [p.prompt[0]["content"] for p in pairs] == ["q0", "q3"]
+    (stats,) = report.values()
+    assert (stats["read"], stats["kept"], stats["dropped_empty"], stats["dropped_identical"]) == (
+        4, 2, 1, 1)
+    with pytest.raises(ValueError, match="--config.data.odd_records='skip'"):
+        load_train_pairs(dict_cfg(cfg, train=path, odd_records="skip"))
+
+
+def test_identical_pair_is_an_error_in_strict_mode(tmp_path):
+    path = str(tmp_path / "same.jsonl")
+    _trl_file(path, [{"prompt": "q", "chosen": "same", "rejected": "same"}])
+    with pytest.raises(DataError, match="identical.*odd_records=drop"):
+        load_train_pairs(dict_cfg(_cfg(), train=path, odd_records="error"))
+
+
+def dict_cfg(cfg, **values):
+    cfg = cfg.copy_and_resolve_references()
+    for k, v in values.items():
+        cfg[k] = v
+    return cfg
