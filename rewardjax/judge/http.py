@@ -11,7 +11,10 @@ TGI, Ollama ...). Configuration comes from arguments or the environment:
 
 The key is held in a :class:`Secret` whose ``repr``/``str`` are ``***``, is only ever written
 into the ``Authorization`` header, and is scrubbed from every log line and exception message
-(a misbehaving server can echo request headers back in an error body).
+(a misbehaving server can echo request headers back in an error body or even its HTTP reason
+phrase); quoted server text is scrubbed *before* it is cut short, so no key straddles the cut.
+Redirects to another origin (scheme, host or port) are refused with :class:`JudgeError`
+instead of followed: urllib would carry the ``Authorization`` header to the new host.
 
 Requests are retried with exponential backoff on 408 / 429 / 5xx answers, timeouts and
 connection failures (``Retry-After`` is honoured, capped); other 4xx answers fail at once with
@@ -43,6 +46,44 @@ ENV_URL, ENV_KEY, ENV_MODEL, ENV_TIMEOUT = (
     "REWARDJAX_JUDGE_TIMEOUT")
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _PATH = "/chat/completions"
+_QUOTE = 300  # characters of server text quoted in errors and logs
+_READ = 64 * 1024  # bytes of an error body read: more than _QUOTE plus any key, bounded
+_MIN_KEY_PREFIX = 4  # a shorter tail left at a cut is too common to be evidence of the key
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # a malformed port: an origin of its own
+        port = -1
+    return scheme, parts.hostname, port or {"http": 80, "https": 443}.get(scheme)
+
+
+class CrossOriginRedirect(Exception):
+    """Raised by :class:`_SameOriginRedirects`; the judge turns it into a scrubbed JudgeError."""
+
+    def __init__(self, code: int, target: str):
+        super().__init__(code, target)
+        self.code, self.target = code, target
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects within the origin only.
+
+    urllib copies every request header, ``Authorization`` included, onto the redirected
+    request whatever its host, so a redirect to another origin would hand the key to it.
+    """
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if _origin(newurl) != _origin(req.full_url):
+            fp.close()  # the default path reads and closes it after building the new request
+            raise CrossOriginRedirect(code, newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_SameOriginRedirects)
 
 
 class Secret:
@@ -147,7 +188,7 @@ class HTTPJudge:
         text = self.complete(messages)
         verdict = parse_verdict(text)
         if verdict is None:
-            log.debug("invalid judge answer for %s: %r", capability, self._scrub(str(text)[:200]))
+            log.debug("invalid judge answer for %s: %r", capability, self._clip(str(text), 200))
         return verdict
 
     def complete(self, messages: list[dict[str, str]]) -> str | None:
@@ -160,13 +201,28 @@ class HTTPJudge:
         except (KeyError, IndexError, TypeError):
             raise JudgeError(self._scrub(
                 f"{self.url}: not a chat completion (no choices[0].message.content): "
-                f"{json.dumps(reply)[:300]}")) from None
+                f"{self._clip(json.dumps(reply))}")) from None
         return content if isinstance(content, str) else None
 
     # -- transport ------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
         key = self._key.reveal()
         return text.replace(key, "***") if key else text
+
+    def _clip(self, text: str, limit: int = _QUOTE) -> str:
+        """Server text for a message: scrubbed, *then* cut to ``limit`` characters.
+
+        Cutting first could split the key so that no whole copy is left to scrub. A cut (here
+        or at the read limit) can still end inside a copy; a tail that is a prefix of the key,
+        ``_MIN_KEY_PREFIX`` characters or longer, is masked as well.
+        """
+        text = self._scrub(text)[:limit]
+        key = self._key.reveal()
+        if key:
+            for n in range(min(len(key) - 1, len(text)), _MIN_KEY_PREFIX - 1, -1):
+                if text.endswith(key[:n]):
+                    return text[:-n] + "***"
+        return text
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json",
@@ -191,19 +247,28 @@ class HTTPJudge:
             retry_after = None
             request = urllib.request.Request(self.url, data=data, headers=self._headers(),
                                              method="POST")
+            # Every message below is scrubbed where it is raised or logged: the reason phrase,
+            # the body, redirect targets and exception texts all come from the server.
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with _OPENER.open(request, timeout=self.timeout) as response:
                     raw = response.read()
                 try:
                     return json.loads(raw)
                 except ValueError:
+                    text = self._clip(raw.decode("utf-8", "replace"))
                     raise JudgeError(self._scrub(
-                        f"{self.url}: reply is not JSON: {raw[:300]!r}")) from None
+                        f"{self.url}: reply is not JSON: {text!r}")) from None
+            except CrossOriginRedirect as e:
+                raise JudgeError(self._scrub(
+                    f"{self.url}: the server redirected (HTTP {e.code}) to another origin, "
+                    f"{self._clip(e.target)}; refusing to follow it, which would send the API "
+                    "key there. Point the judge URL at the final endpoint if it is trusted."
+                )) from None
             except urllib.error.HTTPError as e:
-                detail = self._scrub(_read_detail(e))
+                reason = (f"HTTP {e.code} {self._clip(str(e.reason), 100)}: "
+                          f"{self._clip(_read_detail(e))}")
                 if e.code not in RETRY_STATUS:
-                    raise JudgeError(f"{self.url}: HTTP {e.code} {e.reason}: {detail}") from None
-                reason = f"HTTP {e.code} {e.reason}: {detail}"
+                    raise JudgeError(self._scrub(f"{self.url}: {reason}")) from None
                 retry_after = e.headers.get("Retry-After") if e.headers else None
             except TimeoutError:
                 reason = f"timed out after {self.timeout:g} s"
@@ -215,16 +280,17 @@ class HTTPJudge:
             except (ConnectionError, http.client.HTTPException) as e:
                 reason = f"connection failed: {self._scrub(type(e).__name__ + ' ' + str(e))}"
             if attempt + 1 == attempts:
-                raise JudgeError(f"{self.url}: request failed after {attempts} attempt(s); "
-                                 f"last error: {reason}")
+                raise JudgeError(self._scrub(f"{self.url}: request failed after {attempts} "
+                                             f"attempt(s); last error: {reason}"))
             delay = self._delay(attempt, retry_after)
-            log.warning("judge request to %s: %s; retry %d/%d in %.1f s", self.url, reason,
-                        attempt + 1, self.retries, delay)
+            log.warning("judge request to %s: %s; retry %d/%d in %.1f s", self._scrub(self.url),
+                        self._scrub(reason), attempt + 1, self.retries, delay)
             self._sleep(delay)
         raise AssertionError("unreachable")
 
 
-def _read_detail(error: urllib.error.HTTPError, limit: int = 300) -> str:
+def _read_detail(error: urllib.error.HTTPError, limit: int = _READ) -> str:
+    """The start of an error body (unscrubbed: callers pass it through ``HTTPJudge._clip``)."""
     try:
         return error.read(limit).decode("utf-8", "replace").strip()
     except Exception:  # the body is only for the message; never mask the HTTP error itself

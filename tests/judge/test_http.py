@@ -21,7 +21,10 @@ def _completion(text):
 
 
 class Stub:
-    """A scripted server: each POST takes the next (status, json body, headers, delay) step."""
+    """A scripted server: each POST takes the next (status, json body, headers, delay) step.
+
+    ``status`` is a code or ``(code, reason phrase)``; a bytes body is sent as it is.
+    """
 
     def __init__(self):
         self.script = []
@@ -38,8 +41,9 @@ class Stub:
                     payload = payload(stub.requests[-1])
                 time.sleep(delay)
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                code, phrase = status if isinstance(status, tuple) else (status, None)
                 try:
-                    self.send_response(status)
+                    self.send_response(code, phrase)
                     for k, v in headers.items():
                         self.send_header(k, v)
                     self.send_header("Content-Type", "application/json")
@@ -210,3 +214,120 @@ def test_endpoint_normalisation():
     with pytest.raises(ValueError, match="http"):
         endpoint("ftp://h/v1")
     assert repr(Secret(None)) == "None" and not Secret("")
+
+
+# -- the key never reaches another origin, a log or an exception ------------------------------
+
+
+class Recorder:
+    """A second server (another port: another origin) recording every request it gets."""
+
+    def __init__(self):
+        self.requests = []
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                recorder.requests.append((self.command, self.path, dict(self.headers), body))
+                data = json.dumps(_completion("A")[1]).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       daemon=True)
+
+
+@pytest.fixture
+def recorder():
+    r = Recorder()
+    r.thread.start()
+    yield r
+    r.server.shutdown()
+    r.server.server_close()
+
+
+def _key_pieces(text, n=6):
+    """Every ``n``-character substring of the key found in ``text`` (should be none)."""
+    return sorted({KEY[i:i + n] for i in range(len(KEY) - n + 1) if KEY[i:i + n] in text})
+
+
+def _fails_without_the_key(judge, caplog):
+    """The JudgeError of one ``compare``, after checking no part of the key was shown."""
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(JudgeError) as info:
+            judge.compare(PROMPT, "a", "b", "c")
+    shown = "".join(traceback.format_exception(info.value)) + repr(info.value) + caplog.text
+    assert _key_pieces(shown) == []
+    return str(info.value)
+
+
+def test_cross_origin_redirect_is_refused_not_followed(stub, recorder, caplog):
+    # urllib would follow a 302 to another port with the Authorization header on it.
+    target = f"{recorder.url}/v1/chat/completions?stolen={KEY}"
+    stub.script = [(302, b"", {"Location": target})]
+    message = _fails_without_the_key(stub.judge(), caplog)
+    assert recorder.requests == []  # the other origin never saw a request, let alone the key
+    assert len(stub.requests) == 1  # a refusal, not a retryable failure
+    assert "redirected (HTTP 302) to another origin" in message
+    assert f"{recorder.url}/v1/chat/completions?stolen=***" in message
+    assert "refusing to follow it" in message
+
+
+def test_redirect_origins():
+    from rewardjax.judge.http import _origin
+
+    assert _origin("http://h/v1") == _origin("HTTP://h:80/other")
+    assert _origin("https://h/v1") == _origin("https://h:443/v1")
+    for other in ("https://h/v1", "http://h:8080/v1", "http://g/v1", "http://h:bad/v1"):
+        assert _origin(other) != _origin("http://h/v1"), other
+
+
+def test_reason_phrase_with_the_key_is_scrubbed(stub, caplog):
+    # A retried 500 (warning log) then a fatal 401, both echoing the key in the status line.
+    stub.script = [((500, f"Overloaded {KEY}"), {"error": "x"}),
+                   ((401, f"Denied Bearer {KEY}"), {"error": "y"})]
+    message = _fails_without_the_key(stub.judge(), caplog)
+    assert "HTTP 401 Denied Bearer ***" in message
+    assert "HTTP 500 Overloaded ***" in caplog.text
+    # Retries exhausted: the last reason ends up in the final error.
+    stub.script = [((503, f"Busy {KEY}"), {"error": "z"})]
+    message = _fails_without_the_key(stub.judge(retries=1), caplog)
+    assert "after 2 attempt(s); last error: HTTP 503 Busy ***" in message
+
+
+@pytest.mark.parametrize("status", [500, 400, 200])
+def test_key_straddling_the_quote_cut_is_scrubbed(stub, caplog, status):
+    # The key spans characters 290-315: cutting the body at 300 before scrubbing left its
+    # first 10 characters in the message.
+    body = ("x" * 290 + KEY + "y" * 400).encode()
+    stub.script = [(status, body)]
+    message = _fails_without_the_key(stub.judge(retries=0), caplog)
+    assert "x" * 290 + "***" in message
+    # A well-formed reply that is not a completion is quoted (as JSON) through the same cut.
+    stub.script = [(200, {"error": "x" * 280 + KEY + "y" * 400})]
+    message = _fails_without_the_key(stub.judge(retries=0), caplog)
+    assert "not a chat completion" in message and "***" in message
+
+
+def test_clip_masks_a_key_prefix_left_at_a_cut(stub):
+    judge = stub.judge()
+    for k in range(1, len(KEY) + 1):
+        # Scrub first, then cut: a whole key anywhere is masked before the cut can split it.
+        assert judge._clip("a" * 10 + KEY + "b" * 50, limit=10 + k) == \
+            ("a" * 10 + "***" + "b" * 50)[:10 + k]
+        # Text that ends inside a copy (a read limit cut it) loses the partial key too.
+        clipped = judge._clip("a" * 10 + KEY[:k], limit=300)
+        assert clipped == ("a" * 10 + "***" if 4 <= k < len(KEY) else
+                           "a" * 10 + ("***" if k == len(KEY) else KEY[:k]))
