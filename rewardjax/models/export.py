@@ -12,9 +12,13 @@ What maps exactly, and how (each case is tested against ``transformers`` in PyTo
   two agree for right- or left-padded batches as long as no sequence *ends* with the pad token,
   so ``pad_token_id`` is set to the tokenizer's pad id and export refuses a tokenizer whose
   encoded sequences end with that id (e.g. pad = EOS with an EOS-terminated encoding). HF's
-  ``score`` layer has no bias: the head's bias ``b`` cannot be stored in the weights, so the HF
-  logit is ``reward - b`` and ``config.json`` records ``rewardjax.logit_offset = b``. Pairwise
-  preferences (and RewardBench accuracies) do not depend on ``b``.
+  ``score`` layer has no bias, and the head's bias ``b`` cannot be folded into its weights (the
+  final RMSNorm output has no constant dimension), so a plain ``transformers`` user would get
+  ``reward - b``. Export therefore refuses a non-zero ``b`` (``export.format=auto`` then writes
+  the native format) unless ``drop_bias=True`` (``export.drop_bias``): the checkpoint is written
+  without ``b``, ``config.json`` records ``rewardjax.dropped_bias = logit_offset = b``, and
+  rewards are shifted by that constant; pairwise preferences (and RewardBench accuracies) do
+  not depend on it.
 * **BERT, pooling ``cls``** -> ``BertForSequenceClassification``. HF computes
   ``classifier(tanh(pooler(h[:, 0])))``; our head is linear on ``h[:, 0]`` (the first real token,
   position 0 under right padding). The pooler's first unit is set to ``c * (wᵀh + b)`` with
@@ -26,9 +30,10 @@ What maps exactly, and how (each case is tested against ``transformers`` in PyTo
   sequence-classification equivalent (the HF head only sees position 0): export raises and
   points to :mod:`rewardjax.models.native_export`, which stores any pooling exactly.
 
-``config.json`` carries a ``rewardjax`` block: pooling, ``logit_offset``, the source model and
-step, and optional reward normalisation statistics ``{"mean", "std", "count", "data"}`` of
-rewardjax rewards (``reward = logit + logit_offset``; ``normalised = (reward - mean) / std``).
+``config.json`` carries a ``rewardjax`` block: pooling, ``logit_offset`` (= ``dropped_bias``,
+0 unless a bias was dropped), the source model and step, and optional reward normalisation
+statistics ``{"mean", "std", "count", "data"}`` of rewardjax rewards
+(``reward = logit + logit_offset``; ``normalised = (reward - mean) / std``).
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ SEQ_CLS_ARCHITECTURES = {
 }
 # |tanh(x) - x| <= |x|^3 / 3: with |x| <= 2^-12 the relative error is below 2^-24 / 3.
 _TANH_LINEAR_BOUND_LOG2 = -12
+# A head bias below this fraction of the largest |w·h| (or of 1) is float noise, not an offset.
+_BIAS_RTOL = 1e-6
 
 
 class NotExportable(ValueError):
@@ -111,8 +118,10 @@ def _last_token_is_pad(run) -> bool:
     return int(probe.ids[-1]) == int(run.tokenizer.pad_token_id)
 
 
-def _llama_export(spec, params, kernel, bias, run) -> tuple[dict, dict, float]:
+def _llama_export(spec, params, kernel, bias, run, drop_bias) -> tuple[dict, dict, float]:
     config: LlamaConfig = spec.config
+    hf_config = config.to_hf()
+    arch = SEQ_CLS_ARCHITECTURES[hf_config["model_type"]]
     tokenizer = run.tokenizer
     if tokenizer.pad_token_id is None:
         raise NotExportable("the tokenizer has no pad token: HF sequence classification needs "
@@ -122,16 +131,31 @@ def _llama_export(spec, params, kernel, bias, run) -> tuple[dict, dict, float]:
             f"encoded sequences end with token id {tokenizer.pad_token_id}, which is also the "
             "pad token: transformers would pool an earlier token. Give the tokenizer a pad "
             "token distinct from the end-of-sequence token before training.")
+    # |w·h| <= ||w ⊙ γ||₂ √D for every final-RMSNorm output h = γ ⊙ n with ||n||₂ = √D.
+    gamma = np.asarray(params["backbone"]["final_norm"]["scale"], np.float64)
+    reach = float(np.linalg.norm(kernel * gamma)) * math.sqrt(kernel.shape[0])
+    if abs(bias) > _BIAS_RTOL * max(reach, 1.0):
+        if not drop_bias:
+            raise NotExportable(
+                f"{arch}'s score layer has no bias, and this reward head's bias {bias:.6g} "
+                "cannot be folded into the weights (the final RMSNorm output has no constant "
+                f"dimension), so transformers would score reward - {bias:.6g}. Export in the "
+                "native format (export.format=native or auto), or set export.drop_bias=True "
+                "(export_hf(..., drop_bias=True)) to write the HF checkpoint without the bias: "
+                "rewards shifted by a constant, pairwise preferences unchanged.")
+        log.warning("export.drop_bias: %s has no bias; dropping the head's bias %.6g, so "
+                    "transformers scores are rewardjax rewards - %.6g (a constant shift: "
+                    "pairwise preferences unchanged; recorded as rewardjax.dropped_bias)",
+                    arch, bias, bias)
     tensors = hf.llama_params_to_hf(config, params["backbone"], prefix="model.",
                                     include_lm_head=False)
     tensors["score.weight"] = kernel[None, :]  # [num_labels=1, D]
-    hf_config = config.to_hf()
     hf_config["pad_token_id"] = int(tokenizer.pad_token_id)
     for key in ("bos_token_id", "eos_token_id"):
         value = getattr(tokenizer, key, None)
         if value is not None:
             hf_config[key] = int(value)
-    return tensors, hf_config, bias  # the HF score has no bias: logits = reward - bias
+    return tensors, hf_config, bias  # dropped (or negligible): logits = reward - bias
 
 
 def pooler_scale_exponent(kernel: np.ndarray, bias: float, norm_scale: np.ndarray,
@@ -145,7 +169,8 @@ def pooler_scale_exponent(kernel: np.ndarray, bias: float, norm_scale: np.ndarra
     return max(0, math.ceil(math.log2(bound)) - _TANH_LINEAR_BOUND_LOG2)
 
 
-def _bert_export(spec, params, kernel, bias, run) -> tuple[dict, dict, float]:
+def _bert_export(spec, params, kernel, bias, run, drop_bias) -> tuple[dict, dict, float]:
+    del drop_bias  # exact: the bias lives in the pooler
     config: BertConfig = spec.config
     backbone = params["backbone"]
     tensors = hf.bert_params_to_hf(config, backbone, prefix="bert.")
@@ -171,7 +196,8 @@ def _bert_export(spec, params, kernel, bias, run) -> tuple[dict, dict, float]:
     return tensors, hf_config, 0.0
 
 
-def export_hf(run, state, out_dir: str, *, normalisation: dict | None = None) -> str:
+def export_hf(run, state, out_dir: str, *, normalisation: dict | None = None,
+              drop_bias: bool = False) -> str:
     """Writes ``state`` of ``run`` as an HF sequence-classification checkpoint.
 
     Args:
@@ -180,13 +206,17 @@ def export_hf(run, state, out_dir: str, *, normalisation: dict | None = None) ->
       out_dir: created if needed; ``model.safetensors``, ``config.json`` and tokenizer files.
       normalisation: optional ``{"mean", "std"[, "count", "data"]}`` of rewardjax rewards
         (:func:`reward_statistics`), stored under ``config.json["rewardjax"]``.
+      drop_bias: Llama family only: write a head with a non-zero bias without it (HF's
+        ``score`` has none); transformers then scores ``reward - bias``, recorded as
+        ``rewardjax.dropped_bias``. False refuses such a head.
 
     Returns:
       ``out_dir``.
 
     Raises:
       NotExportable: no exact HF equivalent (multi-output head, BERT without cls pooling,
-        decoder without last-token pooling, a pad token that ends sequences).
+        decoder without last-token pooling, a pad token that ends sequences, a decoder head
+        with a non-zero bias and ``drop_bias=False``).
     """
     model = merged_model(run, state)
     spec = run.spec
@@ -205,7 +235,7 @@ def export_hf(run, state, out_dir: str, *, normalisation: dict | None = None) ->
     kernel, bias = _scalar_head(model)
     params = nnx.state(model, nnx.Param).to_pure_dict()
     build = _llama_export if spec.family == "llama" else _bert_export
-    tensors, hf_config, offset = build(spec, params, kernel, bias, run)
+    tensors, hf_config, offset = build(spec, params, kernel, bias, run, drop_bias)
     model_type = hf_config["model_type"]
     hf_config.update({
         "architectures": [SEQ_CLS_ARCHITECTURES[model_type]],
@@ -217,6 +247,7 @@ def export_hf(run, state, out_dir: str, *, normalisation: dict | None = None) ->
             "format_version": 1,
             "pooling": pooling,
             "logit_offset": float(offset),
+            "dropped_bias": float(offset),
             "reward_formula": "reward = logits[:, 0] + logit_offset; "
                               "normalised = (reward - normalisation.mean) / normalisation.std",
             "normalisation": _check_normalisation(normalisation),
@@ -243,7 +274,7 @@ def read_rewardjax_block(out_dir: str) -> dict:
 
 def _export_config(config):
     """``config.export`` if the recipe defines it, else the defaults."""
-    defaults = {"dir": "", "format": "auto", "stats": "eval"}
+    defaults = {"dir": "", "format": "auto", "stats": "eval", "drop_bias": False}
     section = config.get("export") if hasattr(config, "get") else None
     if section is not None:
         defaults.update({k: section[k] for k in section.keys() if k in defaults})
@@ -277,8 +308,9 @@ def export_run(config, workdir: str) -> dict:
     """The ``export`` mode: restores ``workdir``'s newest checkpoint and exports it.
 
     Reads optional ``config.export`` fields: ``dir`` (default ``<workdir>/export``), ``format``
-    (``auto``: HF when an exact mapping exists, else native; ``hf``; ``native``) and ``stats``
-    (``eval``: normalisation statistics over every response of ``data.eval``; ``none``).
+    (``auto``: HF when an exact mapping exists, else native; ``hf``; ``native``), ``stats``
+    (``eval``: normalisation statistics over every response of ``data.eval``; ``none``) and
+    ``drop_bias`` (HF export of a decoder head without its bias, see :func:`export_hf`).
 
     Returns:
       ``{"format", "dir", "normalisation"}``.
@@ -309,7 +341,8 @@ def export_run(config, workdir: str) -> dict:
         raise ValueError(f"export.format must be auto, hf or native, got {fmt!r}")
     if fmt in ("auto", "hf"):
         try:
-            export_hf(run, run.state, out, normalisation=norm)
+            export_hf(run, run.state, out, normalisation=norm,
+                      drop_bias=bool(opts["drop_bias"]))
             fmt = "hf"
         except NotExportable as e:
             if fmt == "hf":

@@ -1,6 +1,7 @@
 """HF sequence-classification export: transformers in PyTorch scores like rewardjax."""
 
 import json
+import logging
 import types
 
 import jax
@@ -53,6 +54,19 @@ def _perturbed(run, seed=0, scale=0.1):
                               frozen=jax.tree.map(move, run.state.frozen))
 
 
+def _head_bias(state) -> float:
+    return float(np.asarray(state.params["head"]["bias"][...])[0])
+
+
+def _with_head_bias(state, value):
+    """``state`` with the scalar head's bias set to ``value``."""
+    def put(path, x):
+        key = jax.tree_util.keystr(path)
+        return x * 0 + value if "'head'" in key and "'bias'" in key else x
+
+    return state._replace(params=jax.tree_util.tree_map_with_path(put, state.params))
+
+
 def _build(tmp, config):
     run = build_run(config, str(tmp / "work"), PAIRS)
     data = encode_pairs(PAIRS, run.encoder)
@@ -103,16 +117,47 @@ def test_decoder_export_matches_torch(tmp_path, built, name, padding):
     config.data.padding_side = padding  # HF finds the last non-pad token on either side
     state = _perturbed(run)
     ours = score_encoded(run, state, seqs, config)
-    bias = float(np.asarray(state.params["head"]["bias"][...])[0])
+    bias = _head_bias(state)
     assert abs(bias) > 1e-3  # the offset is actually exercised
-    out = export.export_hf(run, state, str(tmp_path / "hf"),
+    out = export.export_hf(run, state, str(tmp_path / "hf"), drop_bias=True,
                            normalisation={"mean": 0.5, "std": 2.0, "count": 16})
     theirs, model = _torch_scores(out, seqs, run.tokenizer.pad_token_id, left=padding == "left")
     block = export.read_rewardjax_block(out)
     np.testing.assert_allclose(theirs + block["logit_offset"], ours, atol=1e-4, rtol=1e-4)
-    assert block["logit_offset"] == pytest.approx(bias)
+    assert block["logit_offset"] == block["dropped_bias"] == pytest.approx(bias)
     assert model.config.pad_token_id == run.tokenizer.pad_token_id
     assert type(model).__name__ == export.SEQ_CLS_ARCHITECTURES[run.spec.config.model_type]
+
+
+def test_llama_head_bias_is_refused_not_shifted(tmp_path, built, caplog):
+    """LlamaForSequenceClassification's score has no bias: refuse rather than give reward - b,
+    unless drop_bias says so; a zero bias exports exactly."""
+    config, run, seqs = built("llama")
+    state = _with_head_bias(_perturbed(run, seed=4), 0.75)
+    with pytest.raises(export.NotExportable) as info:
+        export.export_hf(run, state, str(tmp_path / "refused"))
+    message = str(info.value)
+    assert "LlamaForSequenceClassification's score layer has no bias" in message
+    assert "bias 0.75" in message and "export.drop_bias=True" in message
+    assert not (tmp_path / "refused").exists()  # nothing half-written
+
+    ours = score_encoded(run, state, seqs, config)
+    with caplog.at_level(logging.WARNING, logger="rewardjax.models.export"):
+        out = export.export_hf(run, state, str(tmp_path / "dropped"), drop_bias=True)
+    assert "dropping the head's bias 0.75" in caplog.text
+    theirs, _ = _torch_scores(out, seqs, run.tokenizer.pad_token_id)
+    np.testing.assert_allclose(theirs, ours - 0.75, atol=1e-4, rtol=1e-4)
+    with open(f"{out}/config.json") as f:
+        block = json.load(f)["rewardjax"]
+    assert block["dropped_bias"] == pytest.approx(0.75)
+    assert block["logit_offset"] == pytest.approx(0.75)
+
+    exact = _with_head_bias(state, 0.0)
+    out = export.export_hf(run, exact, str(tmp_path / "exact"))  # drop_bias not needed
+    theirs, _ = _torch_scores(out, seqs, run.tokenizer.pad_token_id)
+    np.testing.assert_allclose(theirs, score_encoded(run, exact, seqs, config), atol=1e-4,
+                               rtol=1e-4)
+    assert export.read_rewardjax_block(out)["dropped_bias"] == 0.0
 
 
 def test_bert_cls_export_matches_torch(tmp_path, built):
@@ -121,7 +166,9 @@ def test_bert_cls_export_matches_torch(tmp_path, built):
     ours = score_encoded(run, state, seqs, config)
     out = export.export_hf(run, state, str(tmp_path / "hf"))
     theirs, model = _torch_scores(out, seqs, run.tokenizer.pad_token_id)
-    assert export.read_rewardjax_block(out)["logit_offset"] == 0.0  # the bias is in the pooler
+    assert _head_bias(state) != 0.0
+    block = export.read_rewardjax_block(out)
+    assert block["logit_offset"] == block["dropped_bias"] == 0.0  # the bias is in the pooler
     np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
     assert type(model).__name__ == "BertForSequenceClassification"
 
@@ -150,7 +197,7 @@ def test_lora_merged_export_equals_unmerged_scores(tmp_path, built):
     config, run, seqs = built("lora")
     state = _perturbed(run, seed=2)  # lora_b moved off zero: the adapters change the scores
     unmerged = score_encoded(run, state, seqs, config)
-    out = export.export_hf(run, state, str(tmp_path / "hf"))
+    out = export.export_hf(run, state, str(tmp_path / "hf"), drop_bias=True)
     theirs, _ = _torch_scores(out, seqs, run.tokenizer.pad_token_id)
     offset = export.read_rewardjax_block(out)["logit_offset"]
     np.testing.assert_allclose(theirs + offset, unmerged, atol=1e-4, rtol=1e-4)
@@ -234,3 +281,35 @@ def test_export_run_restores_the_checkpoint_and_falls_back_to_native(tmp_path):
     norm = loaded.manifest["normalisation"]
     assert norm["mean"] == pytest.approx(float(want.mean()), abs=1e-6)
     assert norm["count"] == len(want) and loaded.manifest["meta"]["step"] == 7
+
+
+def test_export_run_llama_with_head_bias_goes_native_unless_dropped(tmp_path):
+    """``format=auto`` never writes shifted HF scores: native, unless export.drop_bias."""
+    from rewardjax.train.checkpoint import Checkpointer
+
+    eval_file = tmp_path / "eval.jsonl"
+    with open(eval_file, "w") as f:
+        for p in PAIRS:
+            f.write(json.dumps({"prompt": p.prompt, "chosen": p.chosen,
+                                "rejected": p.rejected}) + "\n")
+    config = _config(LLAMA)
+    config.data.eval = str(eval_file)
+    config.export.stats = "none"
+    workdir = tmp_path / "work"
+    run = build_run(config, str(workdir), PAIRS)
+    state = _with_head_bias(_perturbed(run, seed=5), 0.5)
+    ckpt = Checkpointer(str(workdir / "checkpoints"), 1)
+    ckpt.maybe_save(0, state, force=True)
+    ckpt.close()
+
+    config.export.dir = str(tmp_path / "auto")
+    assert export.export_run(config, str(workdir))["format"] == "native"
+    config.export.format, config.export.dir = "hf", str(tmp_path / "hf")
+    with pytest.raises(export.NotExportable, match="export.drop_bias=True"):
+        export.export_run(config, str(workdir))
+    config.export.drop_bias = True
+    for fmt in ("hf", "auto"):
+        config.export.format, config.export.dir = fmt, str(tmp_path / f"dropped_{fmt}")
+        result = export.export_run(config, str(workdir))
+        assert result["format"] == "hf"
+        assert export.read_rewardjax_block(result["dir"])["dropped_bias"] == pytest.approx(0.5)
