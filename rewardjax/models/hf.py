@@ -13,6 +13,7 @@ cannot return bfloat16, the dtype most released checkpoints use.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -41,31 +42,98 @@ _IGNORED = re.compile(
 # ----------------------------------------------------------------------------- file reading
 
 
-def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of one ``.safetensors`` file; floating tensors converted to float32."""
+# The safetensors reference implementation's cap: a larger header is corrupt or hostile, and
+# reading it would allocate that much memory before any check could run.
+MAX_HEADER_BYTES = 100_000_000
+
+
+class Tensors(dict):
+    """Name -> array, plus ``files``: name -> the file each tensor came from (for messages)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.files: dict[str, str] = {}
+
+
+def _read_header(path: str, f, size: int) -> tuple[dict, int]:
+    """The parsed JSON header and its length, validated before anything is allocated."""
+    if size < 8:
+        raise ValueError(f"{path}: not a safetensors file ({size} bytes, shorter than the "
+                         "8-byte header length)")
+    (n,) = struct.unpack("<Q", f.read(8))
+    if n > size - 8:
+        raise ValueError(f"{path}: not a safetensors file or truncated: header length {n} "
+                         f"bytes exceeds the {size - 8} bytes after the length field")
+    if n > MAX_HEADER_BYTES:
+        raise ValueError(f"{path}: safetensors header of {n} bytes exceeds the "
+                         f"{MAX_HEADER_BYTES}-byte limit")
+    try:
+        header = json.loads(f.read(n))
+    except (ValueError, RecursionError) as e:  # RecursionError: deeply nested crafted JSON
+        raise ValueError(f"{path}: not a safetensors file ({e})") from e
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a safetensors file (header is a JSON "
+                         f"{type(header).__name__}, not an object)")
+    return header, n
+
+
+def _tensor_entry(path: str, name: str, info, data_size: int) -> tuple[np.dtype, tuple, int, int]:
+    """``(dtype, shape, start, end)`` of one header entry, checked against the data section.
+
+    Sizes are Python ints, so a crafted shape cannot overflow into a plausible byte count.
+    """
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(info, dict):
+        raise ValueError(f"{where}: header entry is a {type(info).__name__}, not an object")
+    dtype_name, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype_name, str) or dtype_name not in _ST_DTYPES:
+        raise ValueError(f"{where} has unsupported dtype {dtype_name!r} "
+                         f"(known: {', '.join(_ST_DTYPES)})")
+    def is_count(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+    if not isinstance(shape, list) or not all(is_count(d) for d in shape):
+        raise ValueError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(is_count(o) for o in offsets)):
+        raise ValueError(f"{where}: data_offsets {offsets!r} is not [start, end] with "
+                         "non-negative integers")
+    start, end = offsets
+    if end < start or end > data_size:
+        raise ValueError(f"{where}: data_offsets [{start}, {end}] outside the data section "
+                         f"of {data_size} bytes (truncated or corrupt file)")
+    dtype = np.dtype(_ST_DTYPES[dtype_name])
+    if math.prod(shape) * dtype.itemsize != end - start:
+        raise ValueError(f"{where}: shape {tuple(shape)} of {dtype_name} needs "
+                         f"{math.prod(shape) * dtype.itemsize} bytes but data_offsets span "
+                         f"{end - start}")
+    return dtype, tuple(shape), start, end
+
+
+def read_safetensors(path: str | os.PathLike) -> Tensors:
+    """All tensors of one ``.safetensors`` file; floating tensors converted to float32.
+
+    Raises:
+      ValueError: one line naming the file (and the tensor) for a malformed or crafted file:
+        a header longer than the file, unknown dtypes, offsets outside the data section, a
+        shape that disagrees with its byte span.
+    """
     path = os.fspath(path)
     with open(path, "rb") as f:
-        try:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        except (struct.error, ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not a safetensors file ({e})") from e
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _ST_DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        dtype = np.dtype(_ST_DTYPES[info["dtype"]])
-        start, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        if end - start != int(np.prod(shape)) * dtype.itemsize:
-            raise ValueError(f"{path}: tensor {name!r} byte size {end - start} does not match "
-                             f"shape {shape} of {info['dtype']}")
+        size = os.fstat(f.fileno()).st_size
+        header, n = _read_header(path, f, size)
+    data_size = size - 8 - n
+    entries = {name: _tensor_entry(path, name, info, data_size)
+               for name, info in header.items() if name != "__metadata__"}
+    # np.memmap refuses a zero-length map (a file of empty tensors only).
+    data = (np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if data_size
+            else np.empty(0, np.uint8))
+    out = Tensors()
+    for name, (dtype, shape, start, end) in entries.items():
         arr = np.frombuffer(data[start:end], dtype=dtype).reshape(shape)
-        floating = info["dtype"].startswith(("F", "BF"))
+        floating = header[name]["dtype"].startswith(("F", "BF"))  # ml_dtypes are not kind "f"
         out[name] = arr.astype(np.float32) if floating else np.array(arr)
+        out.files[name] = path
     return out
 
 
@@ -78,7 +146,7 @@ def load_config(directory: str | os.PathLike) -> dict:
         return json.load(f)
 
 
-def load_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_tensors(directory: str | os.PathLike) -> Tensors:
     """All tensors of a checkpoint directory (single file or sharded index), float32."""
     directory = os.fspath(directory)
     index = os.path.join(directory, "model.safetensors.index.json")
@@ -86,12 +154,14 @@ def load_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     if os.path.isfile(index):
         with open(index, encoding="utf-8") as f:
             weight_map = json.load(f)["weight_map"]
-        out: dict[str, np.ndarray] = {}
+        out = Tensors()
         for shard in sorted(set(weight_map.values())):
             shard_path = os.path.join(directory, shard)
             if not os.path.isfile(shard_path):
                 raise FileNotFoundError(f"{index} lists shard {shard!r} which does not exist")
-            out.update(read_safetensors(shard_path))
+            tensors = read_safetensors(shard_path)
+            out.update(tensors)
+            out.files.update(tensors.files)
         missing = sorted(set(weight_map) - set(out))
         if missing:
             raise ValueError(f"{index}: tensors {missing[:5]} are listed but not in any shard")
@@ -225,7 +295,16 @@ class _Taker:
     def __call__(self, name: str, transpose: bool, shape: tuple) -> np.ndarray:
         if name not in self.tensors:
             raise ValueError(f"{self.family} checkpoint is missing tensor {name!r}")
-        value = np.asarray(self.tensors[name], dtype=np.float32)
+        value = np.asarray(self.tensors[name])
+        if value.dtype.kind in "biu":
+            # Casting would turn quantized codes or a mislabelled buffer into garbage weights
+            # that load without complaint (non-parameter buffers never get here: _IGNORED).
+            where = getattr(self.tensors, "files", {}).get(name)
+            raise ValueError(
+                f"{where + ': ' if where else ''}{self.family} checkpoint tensor {name!r} has "
+                f"integer dtype {value.dtype} where a floating-point parameter is expected "
+                "(quantized or corrupt checkpoint?); dequantize it to float first")
+        value = value.astype(np.float32, copy=False)
         value = value.T if transpose else value
         if value.shape != tuple(shape):
             got = value.T.shape if transpose else value.shape
