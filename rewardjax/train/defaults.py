@@ -2,14 +2,15 @@
 
 A recipe's learning rate for its tiny random simulator model (1e-3) destroys a pretrained
 encoder's features in a few steps, and a pretrained model's position table bounds the sequence
-length. So ``train.lr``, ``train.warmup_steps``, ``model.max_length`` and ``model.pooling="auto"``
-are resolved here, once, from the backbone, unless the user (or the recipe, on purpose) set them:
+length. So ``train.lr``, ``train.warmup_steps``, ``train.schedule``, ``train.dropout``,
+``model.max_length`` and ``model.pooling="auto"`` are resolved here, once, from the backbone, unless the user (or the recipe, on purpose) set them:
 
 * random backbone: ``defaults.scratch.*`` (recipes set these for their embedded default model);
 * pretrained backbone (a checkpoint, GGUF file or weight package): ``defaults.finetune.*`` -
   a learning rate by trained-parameter count (or ``finetune.lora_lr`` with LoRA), warmup as a
-  fraction of the steps, the max length from the checkpoint's position table (capped), and the
-  pooling that trained best for its family.
+  fraction of the steps, linear decay, dropout off (as TRL's ``RewardTrainer``), the max length
+  from the checkpoint's position table (capped), and the pooling that trained best for its
+  family (``benchmarks/quality_vs_trl.py`` measures these choices).
 
 The run logs the effective values and where each came from.
 """
@@ -72,6 +73,8 @@ def resolve_defaults(config, spec) -> dict[str, str]:
         fill(config.train, "lr", float(d.lr))
         fill(config.train, "warmup_steps", int(d.warmup_steps))
         fill(config.model, "max_length", int(d.max_length))
+    fill(config.train, "schedule", str(d.schedule))
+    fill(config.train, "dropout", bool(d.dropout))
     if config.model.pooling == "auto":
         family = "causal" if spec.is_causal else "encoder"
         pooling = str(d[f"pooling_{family}"])

@@ -42,8 +42,8 @@ def make_optimizer(cfg, steps: int | None = None) -> optax.GradientTransformatio
       steps: optimizer steps the schedule spans (default ``cfg.steps``).
     """
     steps = int(cfg.steps if steps is None else steps)
-    if cfg.lr is None or cfg.warmup_steps is None:
-        raise ValueError("train.lr / train.warmup_steps are unset: they follow the backbone; "
+    if cfg.lr is None or cfg.warmup_steps is None or cfg.schedule is None:
+        raise ValueError("train.lr / warmup_steps / schedule are unset: they follow the backbone; "
                          "resolve them first (rewardjax.train.setup.resolve_config) or set them")
     schedule = make_schedule(cfg.lr, steps, cfg.warmup_steps, cfg.schedule)
     parts = []

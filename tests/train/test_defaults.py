@@ -78,3 +78,12 @@ def test_minilm_through_the_bt_recipe_logs_what_it_chose(caplog):
         resolve_config(c)
     assert c.train.lr == 1e-4 and c.model.max_length == 512
     assert "train.lr=0.0001 (pretrained-backbone default" in caplog.text
+
+
+def test_schedule_and_dropout_follow_the_backbone():
+    c = base_config()
+    resolve_defaults(c, registry.resolve(TINY))
+    assert (c.train.schedule, c.train.dropout) == ("cosine", True)
+    c = base_config()
+    resolve_defaults(c, _pretend_pretrained(registry.resolve(TINY)))
+    assert (c.train.schedule, c.train.dropout) == ("linear", False)  # TRL's recipe
