@@ -41,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.pooling = "auto"
     c.model.max_length = config_dict.placeholder(int)  # None: follows the backbone (defaults.*)
     c.model.vocab_size = 8192  # word-level tokenizer size for random backbones
+    c.model.fit_tokenizer = False  # pretrained weights without tokenizer files: fit one anyway
     # Backbone config fields as "key=value,...", e.g. "remat=full,scan_unroll=6".
     c.model.overrides = ""
 
@@ -86,18 +87,25 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.grad_accum = 1
     c.train.lr = config_dict.placeholder(float)  # None: follows the backbone (defaults.*)
     c.train.warmup_steps = config_dict.placeholder(int)  # None: follows the backbone
-    c.train.schedule = "cosine"
+    c.train.schedule = config_dict.placeholder(str)  # cosine | linear | constant; None: follows
+
     c.train.weight_decay = 0.0
     c.train.b1 = 0.9
     c.train.b2 = 0.999
     c.train.eps = 1e-8
     c.train.clip_norm = 1.0
     c.train.trainable = ".*"  # regex over parameter paths; e.g. "^head/" for a linear probe
-    c.train.dropout = True
+    c.train.dropout = config_dict.placeholder(bool)  # the backbone's dropout; None: follows
     c.train.log_every = 10
     c.train.eval_every = 0
     c.train.checkpoint_every = 100
     c.train.keep_checkpoints = 2
+    # Resume from this saved step instead of the newest (e.g. the last good one a NaN stop
+    # names); newer steps are moved aside to checkpoints.discarded/. None: the newest intact.
+    c.train.resume_step = config_dict.placeholder(int)
+    # Continue a workdir whose run_identity.json records other settings (lr, data, ...);
+    # without it such a start is refused before anything is written.
+    c.train.resume_changed = False
     c.train.progress = True
     c.train.tensorboard = True
     c.train.debug_kill_at_step = 0  # testing: SIGKILL the process after this step
@@ -108,7 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.defaults = ml_collections.ConfigDict()
     c.defaults.scratch = ml_collections.ConfigDict(
         {"lr": 1e-4, "warmup_steps": 20, "max_length": 512, "pooling_causal": "last",
-         "pooling_encoder": "mean"})
+         "pooling_encoder": "mean", "schedule": "cosine", "dropout": True})
     c.defaults.finetune = ml_collections.ConfigDict({
         # learning rate by backbone size: <= 50M params 1e-4, <= 500M 2e-5, larger 1e-5
         "size_limits": (5e7, 5e8), "size_lrs": (1e-4, 2e-5, 1e-5),
@@ -116,6 +124,8 @@ def base_config() -> ml_collections.ConfigDict:
         "warmup_fraction": 0.0,
         "max_length": 1024,  # cap on the checkpoint's position table
         "pooling_causal": "last", "pooling_encoder": "mean",
+        # TRL's recipe: linear decay, dropout off (one epoch of noisy labels; masks cost time)
+        "schedule": "linear", "dropout": False,
     })
 
     c.mesh = ml_collections.ConfigDict()
