@@ -12,6 +12,8 @@ import collections
 import dataclasses
 import itertools
 import json
+import math
+import numbers
 import os
 import re
 from typing import Any
@@ -72,7 +74,51 @@ def _field(rec: dict, key: str, ctx: _Ctx, types: tuple = (str,), what: str = "a
     value = rec[key]
     if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
         raise ctx.error(f"field {key!r} is {type(value).__name__} {_short(value)}, expected {what}")
+    if isinstance(value, str):
+        _check_text(value, f"field {key!r}", ctx)
     return value
+
+
+def _check_text(text: str, what: str, ctx: _Ctx) -> str:
+    """Returns ``text``; a DataError when it cannot be encoded as UTF-8.
+
+    JSON allows escapes such as ``"\\ud800"``, which Python decodes into a lone surrogate: a str
+    that every tokenizer (and every UTF-8 writer) rejects far from the file that holds it.
+    """
+    if text.isascii():  # O(1) in CPython: plain ASCII texts skip the encode.
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ctx.error(
+            f"{what} holds a lone surrogate at character {err.start} (an unpaired "
+            f"\\u{ord(text[err.start]):04x} escape in the JSON), which is not valid Unicode and "
+            "cannot be encoded as UTF-8; fix the file: complete the surrogate pair or remove "
+            "the escape") from None
+    return text
+
+
+def _margin(rec: dict, ctx: _Ctx) -> float:
+    """The record's optional Bradley-Terry ``margin`` (TRL's column), 0.0 when absent.
+
+    The loss adds it to ``loss.margin`` when ``loss.use_data_margin`` is set; records carrying
+    one are counted (``with_margin``) so a user can see whether the flag has anything to use.
+    """
+    if "margin" not in rec:
+        return 0.0
+    value = rec["margin"]
+    number = None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # a JSON integer too large for a float.
+            number = None
+    if number is None or not math.isfinite(number):
+        raise ctx.error(f"field 'margin' is {type(value).__name__} {_short(value)}, expected a "
+                        "finite number (the reward gap this pair should exceed; omit the field "
+                        "for none)")
+    ctx.stats["with_margin"] += 1
+    return number
 
 
 def _short(value: Any) -> str:
@@ -95,11 +141,13 @@ def _messages(value: Any, what: str, ctx: _Ctx) -> list[dict[str, str]]:
         if not isinstance(msg["content"], str):
             raise ctx.error(f"{what} message {i} content is {type(msg['content']).__name__}, "
                             "expected a string")
+        _check_text(msg["content"], f"{what} message {i} content", ctx)
         out.append({"role": msg["role"], "content": msg["content"]})
     return out
 
 
 def _prompt(value: Any, ctx: _Ctx, key: str = "prompt") -> list[dict[str, str]]:
+    """A prompt string (already checked by :func:`_field`) or message list as messages."""
     if isinstance(value, str):
         return [{"role": "user", "content": value}] if value.strip() else []
     if isinstance(value, list):
@@ -170,13 +218,20 @@ def _repair_hh(chosen: str, rejected: str, ctx: _Ctx):
     return prompt, chosen[cut.end():].strip(), rejected[cut.end():].strip()
 
 
+def _with_margin(pairs: list[Pair], margin: float) -> list[Pair]:
+    for pair in pairs:
+        pair.margin = margin
+    return pairs
+
+
 def _conv_hh(rec: dict, ctx: _Ctx) -> list:
     chosen = _field(rec, "chosen", ctx)
     rejected = _field(rec, "rejected", ctx)
+    margin = _margin(rec, ctx)  # HH transcripts written by a user may carry TRL's margin too.
     pc, c = _split_last_assistant(_parse_transcript(chosen, "chosen", ctx), "chosen", ctx)
     pr, r = _split_last_assistant(_parse_transcript(rejected, "rejected", ctx), "rejected", ctx)
     if pc == pr:
-        return _pair(ctx, pc, c, r)
+        return _with_margin(_pair(ctx, pc, c, r), margin)
     problem = (f"chosen and rejected transcripts have different prompts (first differing turn "
                f"{_first_difference(pc, pr)}; {len(pc)} vs {len(pr)} prompt turns)")
     repaired = None if ctx.strict else _repair_hh(chosen, rejected, ctx)
@@ -184,7 +239,7 @@ def _conv_hh(rec: dict, ctx: _Ctx) -> list:
         raise ctx.error(problem + (f"; {REPAIR_HINT}" if ctx.strict else
                                    " and no shared Assistant turn to split at"))
     ctx.stats["repaired_prompt"] += 1
-    return _pair(ctx, *repaired, repaired_prompt=True)
+    return _with_margin(_pair(ctx, *repaired, repaired_prompt=True), margin)
 
 
 def _implicit(chosen: str, rejected: str, ctx: _Ctx) -> list:
@@ -204,12 +259,20 @@ def _conv_trl(rec: dict, ctx: _Ctx) -> list:
     what = "a string or a list of messages"
     chosen = _field(rec, "chosen", ctx, (str, list), what)
     rejected = _field(rec, "rejected", ctx, (str, list), what)
-    prompt = _prompt(rec["prompt"], ctx) if "prompt" in rec else None
+    prompt = None
+    if "prompt" in rec:
+        prompt = _prompt(_field(rec, "prompt", ctx, (str, list), what), ctx)
+    if isinstance(chosen, str) and isinstance(rejected, str) and prompt is None \
+            and _looks_hh(chosen) and _looks_hh(rejected):
+        return _conv_hh(rec, ctx)  # reads the margin itself.
+    return _with_margin(_trl_pairs(chosen, rejected, prompt, ctx), _margin(rec, ctx))
+
+
+def _trl_pairs(chosen: str | list, rejected: str | list, prompt: list | None,
+               ctx: _Ctx) -> list:
     if isinstance(chosen, str) and isinstance(rejected, str):
         if prompt is not None:
             return _pair(ctx, prompt, chosen, rejected)
-        if _looks_hh(chosen) and _looks_hh(rejected):
-            return _conv_hh(rec, ctx)
         return _implicit(chosen, rejected, ctx)
     sides = []
     for name, value in (("chosen", chosen), ("rejected", rejected)):
@@ -252,6 +315,7 @@ def _conv_pandalm(rec: dict, ctx: _Ctx) -> list:
     extra = "" if extra is None else extra
     if not isinstance(extra, str):
         raise ctx.error(f"field 'input' is {type(extra).__name__}, expected a string")
+    _check_text(extra, "field 'input'", ctx)
     r1 = _pandalm_response(rec, "response1", ctx)
     r2 = _pandalm_response(rec, "response2", ctx)
     votes = [_label(rec, f"annotator{i}", (0, 1, 2), ctx) for i in (1, 2, 3)]
@@ -286,6 +350,7 @@ def _conv_ranking(rec: dict, ctx: _Ctx) -> Ranking | None:
     for i, (text, v) in enumerate(zip(responses, values, strict=True)):
         if not isinstance(text, str):
             raise ctx.error(f"responses[{i}] is {type(text).__name__}, expected a string")
+        _check_text(text, f"responses[{i}]", ctx)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ctx.error(f"{key}[{i}] is {_short(v)}, expected a number")
         if not text.strip():

@@ -41,7 +41,7 @@ from rewardjax.data.records import DataError, Pair, Response
 FORMATS = ("trl", "hh", "pandalm", "llmbar", "ranking", "response")
 _LENIENT_BY_DEFAULT = ("hh", "pandalm", "llmbar")
 STAT_KEYS = ("read", "kept", "dropped_ties", "dropped_no_majority", "dropped_empty", "coerced",
-             "repaired_prompt", "dropped_identical", "non_alternating_prompt")
+             "repaired_prompt", "dropped_identical", "non_alternating_prompt", "with_margin")
 
 
 def detect_format(record: dict, *, file: str | None = None, index: int | str | None = None) -> str:
@@ -110,7 +110,8 @@ def _check_fmt(fmt: str) -> None:
 def _walk(spec: str, fmt: str, source: str | None, strict: bool | None, stats: dict):
     """Yields (fmt, record, ctx) for every record, detecting the format once per file."""
     _check_fmt(fmt)
-    for file, records in io.iter_sources(spec):
+    skipped: list[dict[str, str]] = []
+    for file, records in io.iter_sources(spec, skipped):
         counts = collections.Counter({k: 0 for k in STAT_KEYS})
         file_fmt = None if fmt == "auto" else fmt
         for index, rec in records:
@@ -124,6 +125,7 @@ def _walk(spec: str, fmt: str, source: str | None, strict: bool | None, stats: d
                                 **counts}
         for key in STAT_KEYS:
             stats[key] = stats.get(key, 0) + counts[key]
+    stats["skipped_files"], stats["skipped"] = len(skipped), skipped
 
 
 def load_pairs(spec: str, *, fmt: str = "auto", source: str | None = None,
@@ -143,6 +145,9 @@ def load_pairs(spec: str, *, fmt: str = "auto", source: str | None = None,
       ``(pairs, stats)``; stats has totals of ``STAT_KEYS`` and ``stats["files"][file]`` with the
       same counters plus the detected format and source. ``read`` counts records and ``kept``
       pairs (a ranking record yields several), so read == kept + dropped_* for pair formats.
+      ``with_margin`` counts records carrying a data ``margin`` (TRL). A directory load also
+      reports what it did not read: ``skipped_files`` (a count) and ``skipped``
+      (``[{"path", "reason"}]``: other files, sub-folders, licence/readme and hidden files).
     """
     stats: dict[str, Any] = {"files": {}}
     pairs = []

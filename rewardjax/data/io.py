@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import gzip
 import json
+import logging
 import os
 import zlib
 from collections.abc import Iterator
@@ -17,8 +18,18 @@ from typing import Any, BinaryIO
 
 from rewardjax.data.records import DataError
 
+log = logging.getLogger(__name__)
+
 _GZIP_MAGIC = b"\x1f\x8b"
-RECORD_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".gz")
+RECORD_SUFFIXES = (".json", ".jsonl", ".ndjson", ".json.gz", ".jsonl.gz", ".ndjson.gz", ".gz")
+# Files that ship beside published data sets (llmbar/LICENSE): skipped and counted like any
+# other, but logged at INFO, so a warning always means a file someone may have meant to load.
+_DOC_NAMES = ("LICENSE", "LICENCE", "COPYING", "NOTICE", "README", "CITATION")
+# Skip reasons of a directory load (stats["skipped"][i]["reason"]).
+NOT_RECORD_FILE = "not a .json/.jsonl(.gz) file"
+SUB_FOLDER = "sub-folder (not read; name it explicitly)"
+HIDDEN_FILE, HIDDEN_FOLDER, DOC_FILE = "hidden file", "hidden folder", "licence/readme file"
+_SHOWN_SKIPPED = 20  # entries named in one log line or error; the rest are counted
 
 
 def _open_binary(path: str) -> BinaryIO:
@@ -202,13 +213,67 @@ def read_records(path: str | os.PathLike) -> Iterator[tuple[int | str, dict]]:
     return _iter_jsonl(file) if kind == "jsonl" else _iter_json(file)
 
 
-def list_record_files(directory: str | os.PathLike) -> list[str]:
-    """Record files (.json, .jsonl, and their .gz) directly inside ``directory``, sorted."""
+def _skip_reason(path: str, name: str) -> str | None:
+    """Why a directory load does not read ``name`` (None: it is a record file to read)."""
+    if os.path.isdir(path):
+        return HIDDEN_FOLDER if name.startswith(".") else SUB_FOLDER
+    if name.startswith("."):
+        return HIDDEN_FILE
+    if not os.path.isfile(path):
+        return "not a regular file (broken link, socket ...)"
+    if name.lower().endswith(RECORD_SUFFIXES):
+        return None
+    return DOC_FILE if name.upper().startswith(_DOC_NAMES) else NOT_RECORD_FILE
+
+
+def scan_directory(directory: str | os.PathLike) -> tuple[list[str], list[dict[str, str]]]:
+    """Splits what ``directory`` holds into record files to read and entries skipped.
+
+    Only record files directly inside are read (.json, .jsonl, .ndjson, their .gz, and any
+    other .gz whose content decides); everything else is returned with the reason it is not,
+    so a loader can count and report it instead of dropping a .csv or a sub-folder silently.
+
+    Returns:
+      ``(files, skipped)``: record file paths, sorted; ``[{"path", "reason"}]`` for the rest.
+    """
     directory = os.fspath(directory)
-    names = sorted(n for n in os.listdir(directory)
-                   if n.lower().endswith(RECORD_SUFFIXES) and not n.startswith("."))
-    return [os.path.join(directory, n) for n in names
-            if os.path.isfile(os.path.join(directory, n))]
+    files, skipped = [], []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        reason = _skip_reason(path, name)
+        if reason is None:
+            files.append(path)
+        else:
+            skipped.append({"path": path, "reason": reason})
+    return files, skipped
+
+
+def list_record_files(directory: str | os.PathLike) -> list[str]:
+    """Record files (.json, .jsonl, .ndjson, and their .gz) directly inside ``directory``."""
+    return scan_directory(directory)[0]
+
+
+def describe_skipped(directory: str, skipped: list[dict[str, str]]) -> str:
+    """``'a.csv (not a .json/.jsonl(.gz) file), sub/ (sub-folder ...)'`` for a log or error."""
+    parts = []
+    for entry in skipped[:_SHOWN_SKIPPED]:
+        name = os.path.relpath(entry["path"], directory)
+        name += "/" if entry["reason"] in (SUB_FOLDER, HIDDEN_FOLDER) else ""
+        parts.append(f"{name} ({entry['reason']})")
+    if len(skipped) > _SHOWN_SKIPPED:
+        parts.append(f"and {len(skipped) - _SHOWN_SKIPPED} more")
+    return ", ".join(parts)
+
+
+def _report_skipped(directory: str, n_files: int, skipped: list[dict[str, str]]) -> None:
+    """One log line per directory load naming the entries it did not read: a warning unless
+    they are only licence/readme/hidden files, which published data sets ship routinely."""
+    if not skipped:
+        return
+    benign = all(e["reason"] in (DOC_FILE, HIDDEN_FILE, HIDDEN_FOLDER) for e in skipped)
+    log.log(logging.INFO if benign else logging.WARNING,
+            "%s: read %d record file(s), skipped %d: %s", directory, n_files, len(skipped),
+            describe_skipped(directory, skipped))
 
 
 def default_source(file: str) -> str:
@@ -238,20 +303,37 @@ def _hub_records(spec: str):
     return f"hf:{name}:{split}", ((i, dict(row)) for i, row in enumerate(rows))
 
 
-def iter_sources(spec: str | os.PathLike):
+def iter_sources(spec: str | os.PathLike, skipped: list[dict[str, str]] | None = None):
     """Yields (file name, record iterator) for a file, a directory, a glob pattern
-    (``llmbar/Adversarial_*.json``: the matching files, sorted) or a hub dataset."""
+    (``llmbar/Adversarial_*.json``: the matching files, sorted) or a hub dataset.
+
+    Args:
+      spec: what to read.
+      skipped: when given, receives ``{"path", "reason"}`` for every entry of a loaded
+        directory that is not read (see :func:`scan_directory`); each directory load also logs
+        one line naming them (a warning unless they are only licence/readme/hidden files).
+
+    Raises:
+      DataError: nothing matches, or a directory holds no record file (the message lists what
+        it holds and why each entry is not read).
+    """
     spec = os.path.expanduser(os.fspath(spec))
     if any(ch in spec for ch in "*?[") and not os.path.exists(spec):
         files = sorted(glob.glob(spec))
         if not files:
             raise DataError("no file matches this pattern", file=spec)
         for file in files:
-            yield from iter_sources(file)
+            yield from iter_sources(file, skipped)
     elif os.path.isdir(spec):
-        files = list_record_files(spec)
+        files, passed = scan_directory(spec)
         if not files:
-            raise DataError("directory holds no .json/.jsonl/.gz files", file=spec)
+            held = describe_skipped(spec, passed) if passed else "nothing (empty directory)"
+            raise DataError(f"directory holds no .json/.jsonl(.gz) record file; it contains: "
+                            f"{held}. Name a record file (or a sub-folder of them) explicitly",
+                            file=spec)
+        _report_skipped(spec, len(files), passed)
+        if skipped is not None:
+            skipped.extend(passed)
         for file in files:
             yield file, read_records(file)
     elif os.path.exists(spec):

@@ -32,7 +32,8 @@ class Pair:
       rejected: the dispreferred response (non-empty).
       source: dataset or annotator-source name, used for per-source breakdowns and MORE.
       category: task category when known (DMoERM's router target).
-      margin: Bradley-Terry margin for this pair.
+      margin: Bradley-Terry margin for this pair (a TRL record's ``margin`` field); the loss adds
+        it to ``loss.margin`` when ``loss.use_data_margin`` is set.
       meta: provenance (file, record index), gold rewards, attribute ratings, flip flags ...
     """
 

@@ -26,7 +26,8 @@ SIM_SPLITS = ("train", "test_id", "test_ood")
 ODD_RECORDS = {"auto": None, "error": True, "drop": False}
 # Counters of formats.load_pairs worth a line in the log when non-zero.
 _REPORTED = ("dropped_ties", "dropped_no_majority", "dropped_empty", "dropped_identical",
-             "coerced", "repaired_prompt", "non_alternating_prompt")
+             "coerced", "repaired_prompt", "non_alternating_prompt", "with_margin",
+             "skipped_files")
 
 log = logging.getLogger(__name__)
 

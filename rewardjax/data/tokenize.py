@@ -134,9 +134,33 @@ class SequenceEncoder:
         sep = self._ids("\nAssistant: ") if prompt else []
         return bos, self._ids(flatten_prompt(prompt)), sep, self._ids(response), eos
 
-    def encode(self, prompt: Sequence[dict[str, str]], response: str) -> Encoded | None:
-        """Encodes one sequence; ``None`` when the ``drop`` policy removes it."""
-        pre, p, mid, r, post = self._split(prompt, response)
+    def encode(self, prompt: Sequence[dict[str, str]], response: str, *,
+               origin: str = "") -> Encoded | None:
+        """Encodes one sequence; ``None`` when the ``drop`` policy removes it.
+
+        Args:
+          prompt: chat messages before the response.
+          response: the response text.
+          origin: where the texts came from (``"data.jsonl, record 3, chosen"``), named in errors.
+
+        Raises:
+          ValueError: a text holds a lone surrogate (e.g. from a JSON ``"\\ud800"`` escape),
+            which no tokenizer can encode; the loaders reject such records earlier, this covers
+            Python callers that build pairs themselves.
+        """
+        try:
+            pre, p, mid, r, post = self._split(prompt, response)
+        except (UnicodeEncodeError, TypeError) as err:
+            # Fast tokenizers reject a lone surrogate with a TypeError ("TextEncodeInput must
+            # be ..."), slow ones and Jinja with a UnicodeEncodeError: neither names the text.
+            problem = _unencodable(prompt, response)
+            if problem is None:
+                raise
+            where = f"{origin}: " if origin else ""
+            raise ValueError(f"{where}{problem}; the tokenizer cannot encode it "
+                             f"({type(err).__name__}: {err}). Replace or remove that character "
+                             "(rewardjax.data.formats.load_pairs rejects such records by file "
+                             "and record)") from None
         self.stats.sequences += 1
         budget = self.max_length - len(pre) - len(mid) - len(post)
         if len(p) + len(r) > budget:
@@ -160,6 +184,27 @@ class SequenceEncoder:
         return Encoded(
             np.asarray(ids, np.int32), np.asarray(types, np.int32), len(pre) + len(p) + len(mid)
         )
+
+
+def _unencodable(prompt: Sequence[dict[str, str]], response: str) -> str | None:
+    """Names the first text that cannot be encoded as UTF-8 and where, or None."""
+    texts = [(f"prompt message {i} content", m.get("content")) for i, m in enumerate(prompt)]
+    for what, text in texts + [("response", response)]:
+        if not isinstance(text, str):
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return (f"{what} holds a lone surrogate \\u{ord(text[err.start]):04x} at character "
+                    f"{err.start}, which is not valid Unicode")
+    return None
+
+
+def _origin(meta: dict, side: str) -> str:
+    """``"data.jsonl, record 3, chosen"`` from a pair's provenance (``Pair.meta``)."""
+    where = [str(meta["file"])] if "file" in meta else []
+    where += [f"record {meta['record']}"] if "record" in meta else []
+    return ", ".join(where + [side])
 
 
 @dataclasses.dataclass
@@ -186,8 +231,8 @@ def encode_pairs(pairs: Iterable[Pair], encoder: SequenceEncoder) -> EncodedPair
     before = dataclasses.replace(encoder.stats)
     chosen, rejected, kept = [], [], []
     for pair in pairs:
-        c = encoder.encode(pair.prompt, pair.chosen)
-        r = encoder.encode(pair.prompt, pair.rejected)
+        c = encoder.encode(pair.prompt, pair.chosen, origin=_origin(pair.meta, "chosen"))
+        r = encoder.encode(pair.prompt, pair.rejected, origin=_origin(pair.meta, "rejected"))
         if c is None or r is None:
             continue
         chosen.append(c)
@@ -202,7 +247,7 @@ def encode_responses(responses: Iterable[Response], encoder: SequenceEncoder):
     """Tokenizes single responses for scoring; returns (encoded list, kept responses)."""
     out, kept = [], []
     for resp in responses:
-        e = encoder.encode(resp.prompt, resp.response)
+        e = encoder.encode(resp.prompt, resp.response, origin=_origin(resp.meta, "response"))
         if e is not None:
             out.append(e)
             kept.append(resp)

@@ -70,6 +70,9 @@ class BackboneSpec:
       is_causal: decoder (pool the last token) or encoder.
       source: what was resolved (path or name).
       load_weights: returns the float32 numpy pure parameter dict; None for random init.
+      missing_tokenizer: for pretrained weights without a tokenizer, why there is none (the
+        directory and the files looked for); ``train.setup.get_tokenizer`` refuses to fit a
+        new vocabulary over pretrained embeddings unless ``model.fit_tokenizer`` is set.
     """
 
     family: str
@@ -78,6 +81,7 @@ class BackboneSpec:
     is_causal: bool = True
     source: str = ""
     load_weights: Callable[[], dict] | None = None
+    missing_tokenizer: str = ""
 
     @property
     def hidden_size(self) -> int:
@@ -151,8 +155,18 @@ def _hf_spec(directory: str) -> BackboneSpec:
     def load_weights() -> dict:
         return hf.params_from_hf(config, hf.load_tensors(directory))
 
-    return BackboneSpec(family, config, hf.load_tokenizer(directory), family == "llama",
-                        directory, load_weights)
+    tokenizer = hf.load_tokenizer(directory)
+    missing = "" if tokenizer is not None else _no_tokenizer_files(directory)
+    return BackboneSpec(family, config, tokenizer, family == "llama", directory, load_weights,
+                        missing)
+
+
+def _no_tokenizer_files(directory: str) -> str:
+    present = sorted(os.listdir(directory))
+    shown = ", ".join(present[:12]) + (f" and {len(present) - 12} more" if len(present) > 12
+                                        else "")
+    return (f"checkpoint directory {directory} has pretrained weights but no tokenizer files "
+            f"(looked for {', '.join(hf._TOKENIZER_FILES)}; it holds {shown})")
 
 
 def _gguf_spec(path: str) -> BackboneSpec:

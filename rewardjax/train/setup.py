@@ -86,23 +86,56 @@ class Run:
 
 def get_tokenizer(config, spec, workdir: str, texts_fn):
     """The backbone's tokenizer; for random backbones a word-level one, fitted once on the
-    training texts and saved in the workdir so eval / score / resume reuse the same ids."""
+    training texts and saved in the workdir so eval / score / resume reuse the same ids.
+
+    Pretrained weights without a tokenizer (an HF directory lacking its tokenizer files) are an
+    error: a vocabulary fitted here would feed their embeddings ids they were never trained on.
+    ``model.fit_tokenizer=True`` accepts that (with a warning), capped at the checkpoint's
+    vocabulary so every id has an embedding row.
+
+    Raises:
+      ValueError: pretrained weights without a tokenizer and ``model.fit_tokenizer`` unset; no
+        training texts to fit on; a saved tokenizer larger than the checkpoint's vocabulary.
+    """
     if spec.tokenizer is not None:
         return spec.tokenizer
+    pretrained = spec.load_weights is not None
+    what = (getattr(spec, "missing_tokenizer", "")
+            or f"the pretrained backbone {spec.source} comes without a tokenizer")
+    if pretrained and not config.model.get("fit_tokenizer", False):
+        raise ValueError(
+            f"model.path={config.model.path!r}: {what}. Its embeddings only make sense with the "
+            "tokenizer they were trained with: copy that tokenizer's files into the directory "
+            "(tokenizer.save_pretrained(<dir>)), or set --config.model.fit_tokenizer=True to fit "
+            "a word-level tokenizer on the training data instead (its vocabulary will not match "
+            "the pretrained embeddings)")
     path = os.path.join(workdir, "tokenizer")
     if os.path.isdir(path):
         from transformers import PreTrainedTokenizerFast
 
-        return PreTrainedTokenizerFast.from_pretrained(path)
-    texts = texts_fn()
-    if not texts:
-        raise ValueError(
-            f"model.path={config.model.path!r} has no tokenizer and {path} does not exist: "
-            "train first (a word-level tokenizer is fitted on the training data)"
-        )
-    tok = build_wordlevel_tokenizer(texts, vocab_size=config.model.vocab_size)
-    if jax.process_index() == 0:
-        tok.save_pretrained(path)
+        tok = PreTrainedTokenizerFast.from_pretrained(path)
+    else:
+        texts = texts_fn()
+        if not texts:
+            raise ValueError(
+                f"model.path={config.model.path!r} has no tokenizer and {path} does not exist: "
+                "train first (a word-level tokenizer is fitted on the training data)"
+            )
+        vocab_size = int(config.model.vocab_size)
+        if pretrained:  # every id must index a row of the checkpoint's embedding table
+            vocab_size = min(vocab_size, int(spec.config.vocab_size))
+        tok = build_wordlevel_tokenizer(texts, vocab_size=vocab_size)
+        if jax.process_index() == 0:
+            tok.save_pretrained(path)
+    if pretrained:
+        if len(tok) > spec.config.vocab_size:
+            raise ValueError(f"{path}: the saved tokenizer has {len(tok)} tokens but the "
+                             f"checkpoint {spec.source} only {spec.config.vocab_size} embedding "
+                             "rows; delete it to fit a new one")
+        log.warning("model.path=%r: %s; model.fit_tokenizer=True: using a word-level tokenizer "
+                    "fitted on the training data (%d tokens, %s). Its vocabulary does NOT match "
+                    "the pretrained embeddings: each id indexes a row learned for another token",
+                    config.model.path, what, len(tok), path)
     return tok
 
 

@@ -80,6 +80,10 @@ def test_llmbar_all_files():
     assert kept == dict(LLMBAR, Processed_LLMEval2=198)
     assert stats["dropped_empty"] == 1 and stats["dropped_identical"] == 1
     assert {v["format"] for v in stats["files"].values()} == {"llmbar"}
+    # The folder's LICENSE is not read, but counted and named like any skipped entry.
+    assert stats["skipped_files"] == 1
+    assert stats["skipped"] == [{"path": os.path.join(data_path("llmbar"), "LICENSE"),
+                                 "reason": "licence/readme file"}]
     check_pairs(pairs)
 
 

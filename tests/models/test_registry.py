@@ -155,3 +155,57 @@ def test_safetensors_reader_dtypes(tmp_path):
         hf.read_safetensors(tmp_path / "bad.safetensors")
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         hf.load_tensors(tmp_path)
+
+
+def test_checkpoint_without_tokenizer_files_needs_fit_tokenizer(tmp_path, caplog):
+    """Pretrained weights without tokenizer files do not silently get a fitted word-level
+    vocabulary: an error naming the directory and the files looked for, unless
+    ``model.fit_tokenizer`` opts in (a warning, ids capped at the checkpoint's embedding rows)."""
+    import shutil
+
+    from rewardjax.config import base_config
+    from rewardjax.train.setup import get_tokenizer
+
+    ckpt = tmp_path / "bert_no_tokenizer"
+    shutil.copytree(golden_checkpoint("bert"), ckpt)  # config.json + model.safetensors only
+    spec = registry.resolve(str(ckpt))
+    assert spec.tokenizer is None and spec.load_weights is not None
+    config = base_config()
+    config.model.path = str(ckpt)
+    assert config.model.fit_tokenizer is False  # the default
+    texts = [f"word{i} and more words" for i in range(200)]  # > the checkpoint's 64 rows
+    with pytest.raises(ValueError) as err:
+        get_tokenizer(config, spec, str(tmp_path / "work"), lambda: texts)
+    for part in (str(ckpt), "no tokenizer files", "tokenizer.json", "vocab.txt",
+                 "tokenizer.model", "config.json, model.safetensors",
+                 "--config.model.fit_tokenizer=True"):
+        assert part in str(err.value), (part, str(err.value))
+    assert not (tmp_path / "work" / "tokenizer").exists()  # nothing fitted
+
+    config.model.fit_tokenizer = True
+    with caplog.at_level("WARNING", logger="rewardjax.train.setup"):
+        tok = get_tokenizer(config, spec, str(tmp_path / "work"), lambda: texts)
+    assert len(tok) == spec.config.vocab_size == 64  # every id has an embedding row
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "does NOT match the pretrained embeddings" in warned[0]
+    assert str(ckpt) in warned[0]
+    # The fitted tokenizer was saved in the workdir: eval / resume reuse the same ids.
+    again = get_tokenizer(config, spec, str(tmp_path / "work"), lambda: [])
+    assert again.get_vocab() == tok.get_vocab()
+
+    # With tokenizer files the checkpoint's own tokenizer is used, no opt-in needed.
+    tok.save_pretrained(ckpt)
+    config.model.fit_tokenizer = False
+    spec = registry.resolve(str(ckpt))
+    assert spec.tokenizer is not None and not spec.missing_tokenizer
+    assert get_tokenizer(config, spec, str(tmp_path / "other"), lambda: []) is spec.tokenizer
+
+
+def test_random_backbone_still_fits_a_wordlevel_tokenizer(tmp_path):
+    from rewardjax.config import base_config
+    from rewardjax.train.setup import get_tokenizer
+
+    config = base_config()
+    spec = registry.resolve("random:bert")
+    tok = get_tokenizer(config, spec, str(tmp_path), lambda: ["a b c", "d e"])
+    assert tok("a b")["input_ids"] and (tmp_path / "tokenizer").is_dir()

@@ -32,6 +32,7 @@ def test_reward_model_drops_the_untied_lm_head(tmp_path, caplog):
     c = base_config()
     c.model.path = golden_checkpoint("llama")
     c.model.max_length = 32
+    c.model.fit_tokenizer = True  # the golden checkpoint ships no tokenizer
     c.data.sim.num_train, c.data.sim.num_eval = 16, 8
     pairs = load_sets("sim:train", c.data)[0][1]  # the golden checkpoint has no tokenizer
     with caplog.at_level("WARNING"):
