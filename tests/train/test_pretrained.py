@@ -11,6 +11,7 @@ from rewardjax.lora import LoRAConfig, apply_lora, trainable_regex_for_lora
 from rewardjax.models import registry
 from rewardjax.models.reward_model import build_reward_model
 from rewardjax.sharding import DEFAULT_RULES, make_mesh
+from rewardjax.train.defaults import resolve_defaults
 from rewardjax.train.optim import make_optimizer
 from rewardjax.train.setup import load_pretrained
 from rewardjax.train.state import init_state
@@ -35,7 +36,9 @@ def test_load_pretrained_into_sharded_state(name, lora):
 
     trainable = trainable_regex_for_lora() if lora else ".*"
     weights = lambda g, p, f, sh: load_pretrained(spec, p, f, sh)  # noqa: E731
-    tx = make_optimizer(load_recipe().train)
+    config = load_recipe()
+    resolve_defaults(config, spec)  # the pretrained backbone's fine-tuning rate
+    tx = make_optimizer(config.train)
     graphdef, state, _ = init_state(build, tx, make_mesh(), DEFAULT_RULES, seed=0,
                                     trainable=trainable, weights=weights)
     model = nnx.merge(graphdef, state.params, state.frozen)
