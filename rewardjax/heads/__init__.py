@@ -3,7 +3,7 @@
 from rewardjax.heads.gating import ArmoRMHead, FixedWeights, GatingMLP
 from rewardjax.heads.moe import MoEAggregator, PReLU, concat_experts
 from rewardjax.heads.router import Router
-from rewardjax.heads.scalar import LinearHead
+from rewardjax.heads.scalar import LinearHead, PoolerHead
 
 __all__ = ["ArmoRMHead", "FixedWeights", "GatingMLP", "LinearHead", "MoEAggregator", "PReLU",
-           "Router", "concat_experts"]
+           "PoolerHead", "Router", "concat_experts"]

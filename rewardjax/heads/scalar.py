@@ -32,3 +32,30 @@ class LinearHead(nnx.Module):
     def __call__(self, z: jax.Array) -> jax.Array:
         out = z.astype(jnp.float32) @ self.kernel[...] + self.bias[...]  # [batch, K]
         return out[..., 0] if self.num_outputs == 1 else out
+
+
+class PoolerHead(nnx.Module):
+    """BERT's sequence-classification head: ``r = W_o tanh(W_p z + b_p) + b_o`` on the first
+    token's feature ``z`` (``BertForSequenceClassification`` without dropout).
+
+    ``dense`` starts from the checkpoint's pretrained pooler when there is one (see
+    ``rewardjax.train.setup.load_pretrained``), so the model is the one TRL trains and exports
+    exactly to ``transformers``.
+
+    Args:
+      features: input width D.
+      num_outputs: K.
+      rngs: initialisation rngs (``dense`` ~ N(0, 0.02) like BERT's initializer).
+    """
+
+    def __init__(self, features: int, num_outputs: int = 1, *, rngs: nnx.Rngs):
+        self.dense_kernel = nnx.Param(
+            0.02 * jax.random.normal(rngs.params(), (features, features), jnp.float32),
+            sharding_names=("embed", None))
+        self.dense_bias = nnx.Param(jnp.zeros((features,), jnp.float32), sharding_names=(None,))
+        self.out = LinearHead(features, num_outputs, rngs=rngs)
+        self.num_outputs = num_outputs
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        h = jnp.tanh(z.astype(jnp.float32) @ self.dense_kernel[...] + self.dense_bias[...])
+        return self.out(h)  # [batch] or [batch, K]

@@ -19,6 +19,8 @@ What maps exactly, and how (each case is tested against ``transformers`` in PyTo
   without ``b``, ``config.json`` records ``rewardjax.dropped_bias = logit_offset = b``, and
   rewards are shifted by that constant; pairwise preferences (and RewardBench accuracies) do
   not depend on it.
+* **BERT, pooling ``pooler``** -> ``BertForSequenceClassification`` by a plain weight copy: the
+  model's PoolerHead *is* BERT's tanh pooler + classifier (started from the checkpoint's pooler).
 * **BERT, pooling ``cls``** -> ``BertForSequenceClassification``. HF computes
   ``classifier(tanh(pooler(h[:, 0])))``; our head is linear on ``h[:, 0]`` (the first real token,
   position 0 under right padding). The pooler's first unit is set to ``c * (wᵀh + b)`` with
@@ -47,7 +49,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from rewardjax.heads.scalar import LinearHead
+from rewardjax.heads.scalar import LinearHead, PoolerHead
 from rewardjax.models import hf
 from rewardjax.models.bert import BertConfig
 from rewardjax.models.llama import LlamaConfig
@@ -226,16 +228,48 @@ def export_hf(run, state, out_dir: str, *, normalisation: dict | None = None,
     if spec.family == "llama" and pooling != "last":
         raise NotExportable(f"decoder with pooling={pooling!r}: HF sequence classification "
                             "reads the last token only; use native export")
+    if spec.family == "bert" and pooling == "pooler":
+        return _write_hf(run, state, out_dir, model, *_bert_pooler_export(spec, model, run),
+                         normalisation)
     if spec.family == "bert" and pooling != "cls":
         raise NotExportable(
             f"BERT with pooling={pooling!r}: BertForSequenceClassification only sees the "
             "[CLS] position (through its tanh pooler), so a mean- or last-pooled reward has "
-            "no exact HF form. Train with model.pooling=cls, or export with "
+            "no exact HF form. Train with model.pooling=pooler (BERT's own head) or cls, or "
+            "export with "
             "rewardjax.models.native_export.")
     kernel, bias = _scalar_head(model)
     params = nnx.state(model, nnx.Param).to_pure_dict()
     build = _llama_export if spec.family == "llama" else _bert_export
     tensors, hf_config, offset = build(spec, params, kernel, bias, run, drop_bias)
+    return _write_hf(run, state, out_dir, model, tensors, hf_config, offset, normalisation)
+
+
+def _bert_pooler_export(spec, model, run) -> tuple[dict, dict, float]:
+    """``pooling="pooler"``: the model *is* ``BertForSequenceClassification`` (pooler and
+    classifier are the PoolerHead's weights), so the export is a plain weight copy."""
+    head = model.head
+    if not isinstance(head, PoolerHead) or head.num_outputs != 1:
+        raise NotExportable("pooling=pooler export needs a scalar PoolerHead")
+    params = nnx.state(model, nnx.Param).to_pure_dict()
+    config: BertConfig = spec.config
+    tensors = hf.bert_params_to_hf(config, params["backbone"], prefix="bert.")
+    f32 = lambda x: np.ascontiguousarray(np.asarray(x, np.float32))  # noqa: E731
+    tensors.update({
+        "bert.pooler.dense.weight": f32(np.asarray(head.dense_kernel[...]).T),  # [out, in]
+        "bert.pooler.dense.bias": f32(head.dense_bias[...]),
+        "classifier.weight": f32(np.asarray(head.out.kernel[...]).T),  # [1, D]
+        "classifier.bias": f32(head.out.bias[...]),
+    })
+    hf_config = config.to_hf()
+    pad = run.tokenizer.pad_token_id
+    hf_config["pad_token_id"] = int(pad if pad is not None else config.pad_token_id)
+    hf_config["classifier_dropout"] = None
+    return tensors, hf_config, 0.0
+
+
+def _write_hf(run, state, out_dir, model, tensors, hf_config, offset, normalisation) -> str:
+    spec, pooling = run.spec, model.pooling
     model_type = hf_config["model_type"]
     hf_config.update({
         "architectures": [SEQ_CLS_ARCHITECTURES[model_type]],

@@ -410,6 +410,18 @@ def bert_params_to_hf(config: BertConfig, params: dict, *, prefix: str = "") -> 
     return _to_hf(top, layer, config.num_layers, prefix, "encoder.layer.", params)
 
 
+def bert_pooler_from_hf(tensors: dict[str, np.ndarray]) -> dict | None:
+    """A BERT checkpoint's pretrained pooler as ``{"dense_kernel" [in, out], "dense_bias"}``
+    (the :class:`~rewardjax.heads.scalar.PoolerHead` layout), or None if it has none."""
+    for prefix in ("", "bert."):
+        w = tensors.get(prefix + "pooler.dense.weight")
+        b = tensors.get(prefix + "pooler.dense.bias")
+        if w is not None and b is not None:
+            return {"dense_kernel": np.ascontiguousarray(np.asarray(w, np.float32).T),
+                    "dense_bias": np.asarray(b, np.float32)}
+    return None
+
+
 def params_from_hf(config: Any, tensors: dict[str, np.ndarray], *, strict: bool = True) -> dict:
     """Dispatches on the config type."""
     if isinstance(config, LlamaConfig):

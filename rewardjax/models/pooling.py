@@ -5,7 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-POOLINGS = ("last", "cls", "mean")
+# "pooler": the first token, like "cls"; the reward model's PoolerHead then applies BERT's
+# pretrained tanh pooler (what BertForSequenceClassification computes).
+POOLINGS = ("last", "cls", "mean", "pooler")
 
 
 def last_token_index(attention_mask: jax.Array) -> jax.Array:
@@ -30,7 +32,7 @@ def pool(hidden: jax.Array, attention_mask: jax.Array, kind: str) -> jax.Array:
       kind: ``"last"`` (last real token: causal LMs), ``"cls"`` (first real token: encoders),
         ``"mean"`` (mean over real tokens).
     """
-    if kind == "last" or kind == "cls":
+    if kind in ("last", "cls", "pooler"):
         idx = (
             last_token_index(attention_mask)
             if kind == "last"
@@ -78,7 +80,7 @@ def segment_pool(
         pos = jnp.arange(t, dtype=jnp.int32)[None, :, None]  # [1, L, 1]
         if kind == "last":
             idx = jnp.max(jnp.where(member, pos, -1), axis=1)  # [R, S]
-        else:
+        else:  # cls / pooler: the segment's first token
             idx = jnp.min(jnp.where(member, pos, t), axis=1)
         idx = jnp.clip(idx, 0, t - 1)
         out = jnp.take_along_axis(hidden, idx[:, :, None], axis=1).astype(jnp.float32)

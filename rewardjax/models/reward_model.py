@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from rewardjax.heads.scalar import LinearHead
+from rewardjax.heads.scalar import LinearHead, PoolerHead
 from rewardjax.models.pooling import POOLINGS, pool, segment_pool
 
 
@@ -164,9 +164,12 @@ def build_reward_model(
     seed: int = 0,
     uses_token_types: bool | None = None,
 ) -> RewardModel:
-    """Wraps a backbone with a freshly initialised linear head."""
+    """Wraps a backbone with a freshly initialised head: linear, or BERT's pooler + linear for
+    ``pooling="pooler"``."""
+    pooling = resolve_pooling(pooling, is_causal)
+    head_cls = PoolerHead if pooling == "pooler" else LinearHead
     with nnx.use_eager_sharding(False):  # shardings are applied at the jit boundary instead
-        head = LinearHead(hidden_size, num_outputs, rngs=nnx.Rngs(params=jax.random.key(seed + 1)))
+        head = head_cls(hidden_size, num_outputs, rngs=nnx.Rngs(params=jax.random.key(seed + 1)))
     if uses_token_types is None:
         uses_token_types = not is_causal
-    return RewardModel(backbone, head, resolve_pooling(pooling, is_causal), uses_token_types)
+    return RewardModel(backbone, head, pooling, uses_token_types)

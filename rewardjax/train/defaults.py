@@ -3,7 +3,8 @@
 A recipe's learning rate for its tiny random simulator model (1e-3) destroys a pretrained
 encoder's features in a few steps, and a pretrained model's position table bounds the sequence
 length. So ``train.lr``, ``train.warmup_steps``, ``train.schedule``, ``train.dropout``,
-``model.max_length`` and ``model.pooling="auto"`` are resolved here, once, from the backbone, unless the user (or the recipe, on purpose) set them:
+``model.max_length`` and ``model.pooling="auto"`` are resolved here, once, from the backbone,
+unless the user (or the recipe, on purpose) set them:
 
 * random backbone: ``defaults.scratch.*`` (recipes set these for their embedded default model);
 * pretrained backbone (a checkpoint, GGUF file or weight package): ``defaults.finetune.*`` -

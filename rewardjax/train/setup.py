@@ -227,12 +227,17 @@ def load_pretrained(spec, params, frozen, shardings):
     placed directly onto their shardings."""
     loaded = spec.load_weights()  # pure nested dict of numpy arrays for the backbone
     flat_loaded = dict(_flatten(loaded))
+    pooler = _pretrained_pooler(spec, params, frozen)
     used = set()
     out = []
     for state, sh in zip((params, frozen), shardings):
         pure = state.to_pure_dict()
         sh_pure = sh.to_pure_dict() if hasattr(sh, "to_pure_dict") else None
         for path, value in _flatten(pure):
+            if pooler is not None and path[:1] == ("head",) and path[-1] in pooler:
+                target = _get(sh_pure, path) if sh_pure is not None else None
+                _set(pure, path, jax.device_put(pooler[path[-1]].astype(value.dtype), target))
+                continue  # BERT's pretrained pooler starts the PoolerHead
             if path[0] != "backbone" or path[-1] in ("lora_a", "lora_b"):
                 continue  # the head and LoRA adapters keep their fresh initialisation
             key = path[1:]
@@ -255,6 +260,23 @@ def load_pretrained(spec, params, frozen, shardings):
     if missing:
         log.warning("%d checkpoint tensors unused, e.g. %s", len(missing), sorted(missing)[:3])
     return out[0], out[1]
+
+
+def _pretrained_pooler(spec, params, frozen) -> dict | None:
+    """The checkpoint's pooler for a ``pooling="pooler"`` head, or None when the model has no
+    such head; an error when it has one but the checkpoint carries no pooler."""
+    names = {p[-1] for st in (params, frozen) for p, _ in _flatten(st.to_pure_dict())
+             if p[:1] == ("head",)}
+    if "dense_kernel" not in names:
+        return None
+    from rewardjax.models import hf
+
+    source = os.fspath(spec.source)
+    pooler = hf.bert_pooler_from_hf(hf.load_tensors(source)) if os.path.isdir(source) else None
+    if pooler is None:
+        raise ValueError(f"model.pooling=pooler needs a BERT checkpoint with pretrained pooler "
+                         f"weights (pooler.dense.*); {source} has none: use model.pooling=cls")
+    return pooler
 
 
 def _flatten(d, prefix=()):

@@ -313,3 +313,57 @@ def test_export_run_llama_with_head_bias_goes_native_unless_dropped(tmp_path):
         result = export.export_run(config, str(workdir))
         assert result["format"] == "hf"
         assert export.read_rewardjax_block(result["dir"])["dropped_bias"] == pytest.approx(0.5)
+
+
+def test_bert_pooler_export_is_a_weight_copy(tmp_path):
+    """pooling=pooler is BertForSequenceClassification itself: export copies the weights."""
+    config = _config(BERT, pooling="pooler")
+    run, seqs = _build(tmp_path, config)
+    state = _perturbed(run, seed=2)
+    ours = score_encoded(run, state, seqs, config)
+    out = export.export_hf(run, state, str(tmp_path / "hf"))
+    theirs, model = _torch_scores(out, seqs, run.tokenizer.pad_token_id)
+    np.testing.assert_allclose(theirs, ours, atol=1e-5, rtol=1e-5)
+    assert type(model).__name__ == "BertForSequenceClassification"
+    assert export.read_rewardjax_block(out)["pooling"] == "pooler"
+
+
+def test_pooler_head_starts_from_the_checkpoint_pooler_and_matches_transformers(tmp_path):
+    """A pretrained BERT with pooling=pooler: the head's dense layer is the checkpoint's pooler,
+    so at init (same classifier) rewardjax scores equal BertForSequenceClassification's."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from rewardjax.models import hf
+    from tests.models.golden_checkpoints import golden_checkpoint
+
+    path = golden_checkpoint("bert")
+    config = _config(path, pooling="pooler")
+    config.model.fit_tokenizer = True  # the golden checkpoint ships no tokenizer
+    config.model.max_length, config.data.buckets = 32, (32,)  # its position table
+    run, seqs = _build(tmp_path, config)
+    head = run.state.params["head"]
+    pooler = hf.bert_pooler_from_hf(hf.load_tensors(path))
+    np.testing.assert_array_equal(np.asarray(head["dense_kernel"][...]), pooler["dense_kernel"])
+    np.testing.assert_array_equal(np.asarray(head["dense_bias"][...]), pooler["dense_bias"])
+    ours = score_encoded(run, run.state, seqs, config)
+    model = transformers.BertForSequenceClassification.from_pretrained(path, num_labels=1).eval()
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.tensor(np.asarray(head["out"]["kernel"][...]).T))
+        model.classifier.bias.copy_(torch.tensor(np.asarray(head["out"]["bias"][...])))
+    length = max(len(s.ids) for s in seqs)
+    ids = np.zeros((len(seqs), length), np.int64)
+    mask = np.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s.ids)], mask[i, : len(s.ids)] = s.ids, 1
+    with torch.no_grad():
+        theirs = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+    np.testing.assert_allclose(theirs.numpy()[:, 0], ours, atol=1e-4, rtol=1e-4)
+
+
+def test_pooler_on_a_checkpoint_without_one_is_a_clear_error(tmp_path):
+    from tests.models.golden_checkpoints import golden_checkpoint
+
+    config = _config(golden_checkpoint("llama"), pooling="pooler")
+    config.model.fit_tokenizer = True
+    with pytest.raises(ValueError, match="pooling=pooler needs a BERT checkpoint"):
+        _build(tmp_path, config)

@@ -212,3 +212,18 @@ def test_bad_inputs_are_refused(tmp_path, bert_run):
     json.dump(manifest, open(path, "w"))
     with pytest.raises(ValueError, match="head/bias"):
         load_native(out)
+
+
+def test_pooler_head_roundtrip(tmp_path):
+    """pooling=pooler (BERT's tanh pooler + linear head) stores and reloads like any head."""
+    c = base_config()
+    c.model.path, c.model.pooling, c.model.max_length = BERT, "pooler", 64
+    c.data.buckets, c.eval.batch_size = (64,), 8
+    run = build_run(c, str(tmp_path / "work"), PAIRS)
+    data = encode_pairs(PAIRS, run.encoder)
+    seqs = data.chosen + data.rejected
+    out = nx.save_run(run, run.state, str(tmp_path / "native"))
+    loaded = load_native(out)
+    assert loaded.manifest["pooling"] == "pooler"
+    np.testing.assert_allclose(loaded.score_encoded(seqs, batch_size=3)["reward"],
+                               score_encoded(run, run.state, seqs, c), atol=1e-6, rtol=1e-6)
