@@ -151,9 +151,12 @@ def run_trl(seed: int) -> dict:
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     train = load_pairs(os.path.join(data_root(), TRAIN_SPEC))
+    # Pre-tokenised (TRL's "processed" input: it still filters > max_length): TRL's own text path
+    # appends `tokenizer.eos_token`, which BERT tokenizers do not have (it fails on None).
+    # `tok(text)` adds [CLS] ... [SEP] exactly as TRL's tokenisation would.
     data = Dataset.from_dict({
-        "chosen": [transcript(p.prompt, p.chosen) for p in train],
-        "rejected": [transcript(p.prompt, p.rejected) for p in train],
+        "chosen_ids": [tok(transcript(p.prompt, p.chosen))["input_ids"] for p in train],
+        "rejected_ids": [tok(transcript(p.prompt, p.rejected))["input_ids"] for p in train],
     })
     t0 = time.time()
     with tempfile.TemporaryDirectory() as out:
