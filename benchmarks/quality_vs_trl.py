@@ -57,7 +57,13 @@ _V0 = {  # the defaults before issue 12 (what the issue measured at 0.578)
     "train.dropout": True,
 }
 ARMS: dict[str, dict] = {
-    "rj": {},
+    "rj": {},  # today's defaults: lr 1e-4, no warmup, linear, dropout off, packed, mean, pair
+    # one change at a time from today's defaults
+    "rj_pooler": {"model.pooling": "pooler"},  # BERT's pretrained pooler head (TRL's)
+    "rj_cls": {"model.pooling": "cls"},
+    "rj_single": {"data.encoding": "single"},  # one segment, as TRL tokenises transcripts
+    "rj_buckets": {"data.packing": False},  # length buckets instead of packing
+    "rj_cosine": {"train.schedule": "cosine"},
     "rj_v0": dict(_V0),
     # one change at a time, cumulative toward TRL's recipe
     "rj_lr": dict(_V0, **{"train.lr": 1e-4, "train.schedule": "linear", "train.warmup_steps": 0}),
