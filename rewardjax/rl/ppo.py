@@ -66,9 +66,10 @@ from rewardjax.rl.policy import (
 )
 from rewardjax.rl.ppo_update import init_rl_state, make_update
 from rewardjax.rl.rewards import build_scorer, shape_scores
-from rewardjax.train.checkpoint import Checkpointer
+from rewardjax.train.checkpoint import Checkpointer, nonfinite_error
 from rewardjax.train.logging import MetricsWriter, to_python
 from rewardjax.train.optim import make_optimizer
+from rewardjax.train.workdir import owns_workdir
 
 log = logging.getLogger(__name__)
 
@@ -240,13 +241,11 @@ class Runner:
 # ----------------------------------------------------------------------------- the recipe
 
 
+@owns_workdir  # lock, run identity, config.json
 def train_ppo(config, workdir: str) -> dict:
     """Trains the policy; returns the summary (also in ``summary.json``)."""
     t_start = time.time()
     rl = config.rl
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
     if rl.algo not in ("ppo", "rloo"):
         raise ValueError(f"unknown rl.algo {rl.algo!r}; choose ppo or rloo")
     if rl.algo == "rloo" and int(rl.samples_per_prompt) < 2:
@@ -267,7 +266,7 @@ def train_ppo(config, workdir: str) -> dict:
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), int(rl.checkpoint_every),
                         config.train.keep_checkpoints)
-    restored = ckpt.restore(state)
+    restored = ckpt.resume(state, config.train.get("resume_step"))
     if restored is not None:
         state = restored
         log.info("resumed from iteration %d", int(state.step))
@@ -285,10 +284,10 @@ def train_ppo(config, workdir: str) -> dict:
         state, metrics = update(state, policy.frozen, batch, jax.random.fold_in(key, 1))
         metrics = jax.device_get(metrics)
         if not metrics["finite"]:
-            ckpt.wait()
-            raise FloatingPointError(
-                f"non-finite loss or gradient at iteration {step + 1}; the update was skipped. "
-                f"Last good checkpoint: {ckpt.latest_step()} in {ckpt.directory}")
+            raise nonfinite_error(
+                f"non-finite loss or gradient at iteration {step + 1}; the update was skipped "
+                "and the run stopped.", ckpt, step + 1, state, lr=config.train.lr,
+                every_key="rl.checkpoint_every", unit="iteration")
         kl = float(np.mean(r["kl_k1"]))
         ctl = O.update_kl(O.KLController(float(state.kl_coef), rl.kl_target or None,
                                          float(rl.kl_horizon)), kl, rows)

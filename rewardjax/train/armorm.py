@@ -42,8 +42,10 @@ from rewardjax.train.armorm_data import (
     objective_names,
     split_validation,
 )
+from rewardjax.train.checkpoint import nonfinite_error
 from rewardjax.train.logging import MetricsWriter, to_python
 from rewardjax.train.optim import make_optimizer
+from rewardjax.train.workdir import owns_workdir
 
 # ----------------------------------------------------------------------------- stage 2
 
@@ -105,7 +107,9 @@ def train_gate(module, x, r_chosen, r_rejected, cfg, seed: int, writer=None, nam
         params, opt_state, m = step(params, opt_state, idx, w)
         m = jax.device_get(m)
         if not np.isfinite(m["loss"]):
-            raise FloatingPointError(f"stage 2 ({name}): non-finite loss at step {s + 1}")
+            raise nonfinite_error(f"stage 2 ({name}): non-finite loss at step {s + 1}; stopped.",
+                                  None, s + 1, None, lr=cfg.lr, lr_key="armorm.fixed_lr"
+                                  if name.startswith("fixed") else "armorm.stage2.lr")
         for k in ("loss", "accuracy"):
             sums[k] = sums.get(k, 0.0) + float(m[k])
         count += 1
@@ -133,16 +137,13 @@ def train_gate(module, x, r_chosen, r_rejected, cfg, seed: int, writer=None, nam
 # ----------------------------------------------------------------------------- the story
 
 
+@owns_workdir  # lock, run identity, config.json
 def train_armorm(config, workdir: str) -> dict:
     """Trains ArmoRM on frozen features; returns the summary (also ``summary.json``)."""
     t_start = time.time()
-    os.makedirs(workdir, exist_ok=True)
     acfg = config.armorm
     train_pairs = load_train_pairs(config.data)
     eval_sets = {name: pairs for name, pairs, _ in load_sets(config.data.eval, config.data)}
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
 
     # 1. Features (cached); the validation split is drawn after, so it can change freely.
     feats = compute_features(config, workdir, {"train": train_pairs, **eval_sets}, train_pairs)

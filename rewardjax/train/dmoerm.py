@@ -45,7 +45,7 @@ from rewardjax.data.sources import load_sets, load_train_pairs
 from rewardjax.data.tokenize import encode_pairs
 from rewardjax.heads.moe import concat_experts, fit_aggregator
 from rewardjax.heads.router import fit_router
-from rewardjax.train.checkpoint import Checkpointer
+from rewardjax.train.checkpoint import Checkpointer, nonfinite_error
 from rewardjax.train.dmoerm_data import (
     LABELERS,
     SubsetPlans,
@@ -60,6 +60,7 @@ from rewardjax.train.members_data import collate_members, place_members
 from rewardjax.train.optim import make_optimizer
 from rewardjax.train.setup import build_run
 from rewardjax.train.state import path_str
+from rewardjax.train.workdir import owns_workdir
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def train_members(name, run, state, hypers, data, subsets, seeds, config, workdi
     plans = SubsetPlans(data.lengths(), subsets, tcfg.batch_size, buckets, seeds)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), config.train.checkpoint_every,
                         config.train.keep_checkpoints)
-    restored = ckpt.restore(state)
+    restored = ckpt.resume(state)  # each stage resumes its own newest intact step
     state = state if restored is None else restored
     pad_id, left = run.tokenizer.pad_token_id, config.data.padding_side == "left"
     total = int(tcfg.steps)
@@ -172,9 +173,9 @@ def train_members(name, run, state, hypers, data, subsets, seeds, config, workdi
         state, metrics = run._member_step(state, batch, hypers)
         metrics = jax.device_get(metrics)
         if not np.all(metrics["finite"]):
-            ckpt.wait()
-            raise RuntimeError(f"{name}: non-finite loss at step {s + 1}; stopped. Last good "
-                               f"checkpoint: step {ckpt.latest_step()} in {ckpt.directory}")
+            lr_key = "dmoerm.lora_lr" if run.config.lora.enabled else "train.lr"
+            raise nonfinite_error(f"{name}: non-finite loss at step {s + 1}; stopped.", ckpt,
+                                  s + 1, state, lr=tcfg.lr, lr_key=lr_key, resume_key=None)
         bar.update(1)
         if (s + 1) % config.train.log_every == 0 or s + 1 == total:
             writer.write(s + 1, f"train/{name}", {k: np.asarray(v).tolist()
@@ -205,13 +206,13 @@ class Inner:
 # --------------------------------------------------------------------------- the story
 
 
+@owns_workdir  # lock, run identity, config.json
 def train_dmoerm(config, workdir: str) -> dict:
     """Trains DMoERM (with and / or without the router) and the baselines; writes
     ``dmoerm.json``, ``capability_scores.jsonl`` and prints the per-category tables."""
     from rewardjax.train import dmoerm_eval as report
 
     t_start, clock = time.time(), Clock()
-    os.makedirs(workdir, exist_ok=True)
     d, seed = config.dmoerm, int(config.seed)
     variants = [v.strip() for v in str(d.variants).split(",") if v.strip()]
     if not variants or set(variants) - set(VARIANTS):
@@ -227,9 +228,6 @@ def train_dmoerm(config, workdir: str) -> dict:
         raise ValueError(f"no training pair in dmoerm.categories={d.categories!r}")
     run_full = build_run(stage_config(config, lora=False), workdir, train_pairs)
     run_lora = build_run(stage_config(config, lora=True), workdir, train_pairs)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
     data = encode_pairs(train_pairs, run_full.encoder)
     cats = np.asarray([p.category for p in data.pairs], dtype=object)
     if not all(cats):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -16,30 +15,28 @@ from rewardjax.data.packing import PackedPairBatches
 from rewardjax.data.sources import load_sets, load_train_pairs, summary_stats
 from rewardjax.data.tokenize import encode_pairs
 from rewardjax.eval.runner import evaluate_sets, format_table
-from rewardjax.train.checkpoint import Checkpointer
+from rewardjax.train.checkpoint import (
+    Checkpointer,
+    NonFiniteLoss,  # noqa: F401 -- its old home
+    nonfinite_error,
+)
 from rewardjax.train.logging import MetricsWriter, to_python
 from rewardjax.train.setup import build_run
 from rewardjax.train.step import batch_axis_size
+from rewardjax.train.workdir import owns_workdir, write_json
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLoss(RuntimeError):
-    """Raised when a step produces a NaN/inf loss or gradient."""
-
-
+@owns_workdir  # lock, run identity, config.json
 def train(config, workdir: str) -> dict:
     """Trains a Bradley-Terry reward model; returns the final summary (also in summary.json)."""
     t_start = time.time()
-    os.makedirs(workdir, exist_ok=True)
     tcfg = config.train
     loaded: dict = {}
     train_pairs = load_train_pairs(config.data, report=loaded)
     eval_sets = load_sets(config.data.eval, config.data)
     run = build_run(config, workdir, train_pairs)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
 
     data = encode_pairs(train_pairs, run.encoder)
     batch_at = make_batches(config, run, data)
@@ -49,7 +46,7 @@ def train(config, workdir: str) -> dict:
         os.path.join(workdir, "checkpoints"), tcfg.checkpoint_every, tcfg.keep_checkpoints
     )
     state = run.state
-    restored = ckpt.restore(state)
+    restored = ckpt.resume(state, tcfg.get("resume_step"))
     if restored is not None:
         state = restored
         log.info("resumed from step %d", int(state.step))
@@ -65,12 +62,10 @@ def train(config, workdir: str) -> dict:
         state, metrics = train_step(state, batch)
         metrics = jax.device_get(metrics)
         if not metrics["finite"]:
-            ckpt.wait()
-            raise NonFiniteLoss(
+            raise nonfinite_error(
                 f"non-finite loss or gradient at step {step + 1} (loss={metrics['loss']}, "
-                f"grad_norm={metrics['grad_norm']}); the update was skipped and the run stopped. "
-                f"Last good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}"
-            )
+                f"grad_norm={metrics['grad_norm']}); the update was skipped and the run stopped.",
+                ckpt, step + 1, state, lr=tcfg.lr)
         if t_first is None:
             t_first = time.time()  # throughput excludes the first (compiling) step
         else:
@@ -116,8 +111,7 @@ def train(config, workdir: str) -> dict:
     writer.write(total, "summary", summary)
     writer.close()
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(to_python(summary), f, indent=2)
+        write_json(os.path.join(workdir, "summary.json"), to_python(summary))
         print(format_table(summary))
     return summary
 

@@ -47,11 +47,12 @@ from rewardjax.losses.more import (
     source_momentum,
 )
 from rewardjax.sharding import axis_rules
-from rewardjax.train.checkpoint import Checkpointer
+from rewardjax.train.checkpoint import Checkpointer, nonfinite_error
 from rewardjax.train.logging import MetricsWriter, to_python
-from rewardjax.train.loop import NonFiniteLoss, _param_counts
+from rewardjax.train.loop import _param_counts
 from rewardjax.train.setup import build_run
 from rewardjax.train.state import TrainState, shardings_of
+from rewardjax.train.workdir import owns_workdir
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +196,13 @@ def _named(metrics: dict, sources: list[str]) -> dict[str, float]:
     return out
 
 
-def _restore(ckpt: Checkpointer, mckpt: Checkpointer, state: MoreState) -> MoreState | None:
-    step = ckpt.latest_step()
-    if step is None:
+def _restore(ckpt: Checkpointer, mckpt: Checkpointer, state: MoreState,
+             resume_step: int | None = None) -> MoreState | None:
+    train = ckpt.resume(state.train, resume_step)
+    if train is None:
         return None
-    train = ckpt.restore(state.train, step)
+    step = int(train.step)
+    mckpt.discard_after(step)  # momentum saved after the restored step belongs to no state
     if step in mckpt.manager.all_steps():
         momentum = mckpt.restore(state.momentum, step)
     else:  # killed between the two saves: only this momentum (≈ one step's gradient) is lost
@@ -208,17 +211,14 @@ def _restore(ckpt: Checkpointer, mckpt: Checkpointer, state: MoreState) -> MoreS
     return MoreState(train, momentum)
 
 
+@owns_workdir  # lock, run identity, config.json
 def train_more(config, workdir: str) -> dict:
     """Trains a reward model with MORE (or plain multi-task mixing); returns the summary."""
     t_start = time.time()
-    os.makedirs(workdir, exist_ok=True)
     tcfg, mcfg = config.train, config.more
     train_pairs = load_train_pairs(config.data)
     eval_sets = load_sets(config.data.eval, config.data)
     run = build_run(config, workdir, train_pairs)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
 
     data = encode_pairs(train_pairs, run.encoder)
     buckets = tuple(config.data.buckets) or default_buckets(config.model.max_length)
@@ -240,7 +240,7 @@ def train_more(config, workdir: str) -> dict:
                         tcfg.keep_checkpoints)
     mckpt = Checkpointer(os.path.join(workdir, "checkpoints_momentum"), tcfg.checkpoint_every,
                          tcfg.keep_checkpoints)
-    restored = _restore(ckpt, mckpt, state)
+    restored = _restore(ckpt, mckpt, state, tcfg.get("resume_step"))
     if restored is not None:
         state = restored
         log.info("resumed from step %d", int(state.train.step))
@@ -257,13 +257,10 @@ def train_more(config, workdir: str) -> dict:
         state, metrics = train_step(state, batch)
         metrics = jax.device_get(metrics)
         if not metrics["finite"]:
-            ckpt.wait()
-            raise NonFiniteLoss(
+            raise nonfinite_error(
                 f"non-finite loss, gradient or λ at step {step + 1} (loss={metrics['loss']}, "
                 f"grad_norm={metrics['grad_norm']}, lambda={metrics['lambda']}); the update was "
-                f"skipped and the run stopped. Last good checkpoint: step {ckpt.latest_step()} "
-                f"in {ckpt.directory}"
-            )
+                "skipped and the run stopped.", ckpt, step + 1, state.train, lr=tcfg.lr)
         done = step + 1
         lam = np.asarray(metrics["lambda"], np.float64)
         lam_sum, lam_n = lam_sum + lam, lam_n + 1

@@ -26,11 +26,12 @@ from rewardjax.data.tokenize import encode_pairs
 from rewardjax.ensembles.predictions import combine
 from rewardjax.eval.metrics import pair_metrics
 from rewardjax.eval.runner import gold_agreement, score_encoded
-from rewardjax.train.checkpoint import Checkpointer
+from rewardjax.train.checkpoint import Checkpointer, nonfinite_error
 from rewardjax.train.logging import MetricsWriter, to_python
 from rewardjax.train.members import average_members, init_members, make_member_step, member_params
 from rewardjax.train.members_data import MemberPlans, collate_members, place_members
 from rewardjax.train.setup import build_run
+from rewardjax.train.workdir import owns_workdir
 
 log = logging.getLogger(__name__)
 
@@ -122,18 +123,15 @@ def format_warm_table(results: dict, key: str = "accuracy") -> str:
     return "\n".join(lines)
 
 
+@owns_workdir  # lock, run identity, config.json (eval / score / bon reload the run from it)
 def train_warm(config, workdir: str) -> dict:
     """Trains ``members.num`` reward models in one program, then writes the WARM table."""
     t_start = time.time()
-    os.makedirs(workdir, exist_ok=True)
     tcfg, mcfg = config.train, config.members
     train_pairs = load_train_pairs(config.data)
     train_pairs = corrupt_labels(train_pairs, mcfg.flip_rate, seed=config.seed)
     eval_sets = load_sets(config.data.eval, config.data)
     run = build_run(config, workdir, train_pairs)
-    if jax.process_index() == 0:  # eval / score / bon reload the run from this
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
     m = int(mcfg.num)
     if mcfg.probe_init:  # WARM: the shared head starts from a linear probe on frozen features
         from rewardjax.train.probe import init_head_by_probe
@@ -158,7 +156,7 @@ def train_warm(config, workdir: str) -> dict:
     step_fn = make_member_step(run, dropout=tcfg.dropout, sequential=mcfg.sequential)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), tcfg.checkpoint_every,
                         tcfg.keep_checkpoints)
-    restored = ckpt.restore(state)
+    restored = ckpt.resume(state, tcfg.get("resume_step"))
     if restored is not None:
         state = restored
         log.info("resumed from step %d", int(state.step))
@@ -172,10 +170,9 @@ def train_warm(config, workdir: str) -> dict:
         state, metrics = step_fn(state, batch, hypers)
         metrics = jax.device_get(metrics)
         if not np.all(metrics["finite"]):
-            ckpt.wait()
             bad = np.flatnonzero(~np.asarray(metrics["finite"], bool)).tolist()
-            raise RuntimeError(f"non-finite loss for members {bad} at step {s + 1}; stopped. "
-                               f"Last good checkpoint: step {ckpt.latest_step()}")
+            raise nonfinite_error(f"non-finite loss for members {bad} at step {s + 1}; stopped.",
+                                  ckpt, s + 1, state, lr=tcfg.lr)
         bar.update(1)
         if (s + 1) % tcfg.log_every == 0 or s + 1 == total:
             row = {k: np.asarray(v).tolist() for k, v in metrics.items()}
