@@ -180,12 +180,15 @@ def run_trl(seed: int) -> dict:
 
     @torch.no_grad()
     def score(texts, bs=32):
-        out = []
-        for i in range(0, len(texts), bs):
-            enc = tok(texts[i : i + bs], truncation=True, max_length=512, padding=True,
-                      return_tensors="pt")
-            out.append(model(**enc).logits[:, 0].float().numpy())
-        return np.concatenate(out) if out else np.zeros(0)
+        """Scores in length order (less padding, same numbers), returned in input order."""
+        ids = [tok(t, truncation=True, max_length=512)["input_ids"] for t in texts]
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        out = np.zeros(len(texts), np.float32)
+        for i in range(0, len(order), bs):
+            idx = order[i : i + bs]
+            enc = tok.pad({"input_ids": [ids[j] for j in idx]}, return_tensors="pt")
+            out[idx] = model(**enc).logits[:, 0].float().numpy()
+        return out
 
     acc = {}
     for name, spec in eval_specs().items():
