@@ -43,7 +43,7 @@ def run(config, workdir: str):
         module, _, fn = RECIPES[config.recipe].partition(":")
         return getattr(importlib.import_module(module), fn)(config, workdir)
     if config.mode == "export":
-        from rewardjax.models.export import export_run
+        from rewardjax.eval.export_mode import export_run
 
         return export_run(config, workdir)
     if config.mode == "rewardbench":

@@ -44,11 +44,10 @@ def check_recipe(config, mode: str) -> None:
 
 
 def load_native_workdir(config, workdir: str):
-    """The :class:`~rewardjax.models.native_load.NativeModel` of an ArmoRM workdir, exported
+    """The :class:`~rewardjax.export.NativeModel` of an ArmoRM workdir, exported
     to ``<workdir>/export`` on first use (``--config.mode=export`` writes the same)."""
-    from rewardjax.models.export import export_armorm
-    from rewardjax.models.native_export import MANIFEST
-    from rewardjax.models.native_load import load_native
+    from rewardjax.eval.export_mode import export_armorm
+    from rewardjax.export import MANIFEST, load_native
 
     out = os.path.join(workdir, "export")
     head = os.path.join(workdir, "armorm", "gate", "model.npz")

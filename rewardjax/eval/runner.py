@@ -75,7 +75,7 @@ def evaluate_pairs(run, state, pairs, config) -> dict:
 
 
 def score_native_pairs(model, pairs, config):
-    """:func:`score_pairs` for a :class:`~rewardjax.models.native_load.NativeModel` (its own
+    """:func:`score_pairs` for a :class:`~rewardjax.export.NativeModel` (its own
     encoder; the combined reward)."""
     data = encode_pairs(pairs, model.encoder)
     if not data.pairs:
@@ -87,7 +87,7 @@ def score_native_pairs(model, pairs, config):
 
 
 def evaluate_native_pairs(model, pairs, config) -> dict:
-    """:func:`evaluate_pairs` for a :class:`~rewardjax.models.native_load.NativeModel`."""
+    """:func:`evaluate_pairs` for a :class:`~rewardjax.export.NativeModel`."""
     return pair_report(*score_native_pairs(model, pairs, config), config)
 
 

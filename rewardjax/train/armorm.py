@@ -1,8 +1,9 @@
 """The ArmoRM story (Wang et al.; DESIGN §3): frozen features -> per-objective ridge ->
 verbosity debiasing -> gating MLP trained with Bradley-Terry -> comparison with fixed weights.
 
-1. Features (:mod:`rewardjax.data.features`): the response's and the prompt's feature from the
-   frozen backbone, computed once per (backbone, texts) and cached on disk.
+1. Features (:mod:`rewardjax.train.features`): the response's and the prompt's feature from the
+   frozen backbone, computed once per (backbone, texts) and cached on disk
+   (:mod:`rewardjax.data.features`).
 2. Stage 1: one ridge regression per objective (the attribute ratings in ``Pair.meta``, NaN =
    missing, masked), α per objective chosen on a validation split of the training pairs.
 3. Debiasing: ``r'_i = r_i - λ_i r_verbose``, λ_i the smallest grid value making the Spearman

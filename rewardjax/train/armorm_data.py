@@ -10,8 +10,9 @@ import time
 
 import numpy as np
 
-from rewardjax.data.features import BackboneFeatures, FeatureCache, backbone_fingerprint
+from rewardjax.data.features import FeatureCache, backbone_fingerprint
 from rewardjax.data.features import pair_features as cached_pair_features
+from rewardjax.train.features import BackboneFeatures
 
 log = logging.getLogger(__name__)
 

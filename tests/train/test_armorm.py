@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from rewardjax.data import simulator
+from rewardjax.export import load_native
 from rewardjax.heads import regression as ridge
 from rewardjax.heads.gating import ArmoRMHead, build_gate
-from rewardjax.models.native_load import load_native
 from rewardjax.train import armorm, armorm_data
 from tests.train.helpers import load_recipe
 

@@ -30,7 +30,7 @@ What maps exactly, and how (each case is tested against ``transformers`` in PyTo
   below ``2^-24 / 3``, under float32 resolution. Powers of two make the scaling itself exact.
 * **BERT with ``mean`` pooling (the encoder default) or ``last``** has no HF
   sequence-classification equivalent (the HF head only sees position 0): export raises and
-  points to :mod:`rewardjax.models.native_export`, which stores any pooling exactly.
+  points to :mod:`rewardjax.export.native`, which stores any pooling exactly.
 
 ``config.json`` carries a ``rewardjax`` block: pooling, ``logit_offset`` (= ``dropped_bias``,
 0 unless a bias was dropped), the source model and step, and optional reward normalisation
@@ -107,7 +107,7 @@ def _scalar_head(model) -> tuple[np.ndarray, float]:
         raise NotExportable(
             f"HF sequence-classification export needs a scalar linear head; this model has "
             f"{type(head).__name__} with {getattr(head, 'num_outputs', '?')} outputs. Use "
-            "rewardjax.models.native_export for multi-objective or mixture models.")
+            "rewardjax.export.native for multi-objective or mixture models.")
     kernel = np.asarray(head.kernel[...], np.float32)[:, 0]  # [D]
     return kernel, float(np.asarray(head.bias[...])[0])
 
@@ -237,7 +237,7 @@ def export_hf(run, state, out_dir: str, *, normalisation: dict | None = None,
             "[CLS] position (through its tanh pooler), so a mean- or last-pooled reward has "
             "no exact HF form. Train with model.pooling=pooler (BERT's own head) or cls, or "
             "export with "
-            "rewardjax.models.native_export.")
+            "rewardjax.export.native.")
     kernel, bias = _scalar_head(model)
     params = nnx.state(model, nnx.Param).to_pure_dict()
     build = _llama_export if spec.family == "llama" else _bert_export
@@ -304,117 +304,3 @@ def read_rewardjax_block(out_dir: str) -> dict:
     if block is None:
         raise ValueError(f"{out_dir}/config.json has no 'rewardjax' block (not a rewardjax export)")
     return block
-
-
-def _export_config(config):
-    """``config.export`` if the recipe defines it, else the defaults."""
-    defaults = {"dir": "", "format": "auto", "stats": "eval", "drop_bias": False}
-    section = config.get("export") if hasattr(config, "get") else None
-    if section is not None:
-        defaults.update({k: section[k] for k in section.keys() if k in defaults})
-    return defaults
-
-
-def export_armorm(config, workdir: str, out_dir: str, *, normalisation: dict | None = None,
-                  head: str = "gate") -> str:
-    """An ArmoRM workdir (``configs/armorm.py``) as a native multi-objective model: the frozen
-    backbone rebuilt from ``config.model`` (the one its features came from) and the saved
-    ``armorm/<head>`` heads (ridge regression, debiasing, gate)."""
-    from rewardjax.heads.gating import ArmoRMHead
-    from rewardjax.models import native_export
-    from rewardjax.train.setup import build_run
-
-    directory = os.path.join(workdir, "armorm", head)
-    if not os.path.isfile(os.path.join(directory, "model.json")):
-        raise FileNotFoundError(f"no ArmoRM head in {directory}: train the armorm recipe into "
-                                f"--workdir first")
-    with open(os.path.join(directory, "model.json")) as f:
-        features = json.load(f).get("features", {})
-    if features and features.get("path") != config.model.path:
-        raise ValueError(f"{directory} was fitted on features of {features.get('path')!r}, not "
-                         f"model.path={config.model.path!r}: pass the training config")
-    run = build_run(config, workdir)
-    return native_export.save_armorm(out_dir, run, run.state, ArmoRMHead.load(directory),
-                                     normalisation=normalisation)
-
-
-def export_run(config, workdir: str) -> dict:
-    """The ``export`` mode: restores ``workdir``'s newest checkpoint and exports it.
-
-    Reads optional ``config.export`` fields: ``dir`` (default ``<workdir>/export``), ``format``
-    (``auto``: HF when an exact mapping exists, else native; ``hf``; ``native``), ``stats``
-    (``eval``: normalisation statistics over every response of ``data.eval``; ``none``) and
-    ``drop_bias`` (HF export of a decoder head without its bias, see :func:`export_hf`).
-
-    Returns:
-      ``{"format", "dir", "normalisation"}``.
-    """
-    from rewardjax.data.sources import load_sets
-    from rewardjax.eval.modes import NATIVE_RECIPES, check_recipe, load_trained
-    from rewardjax.eval.runner import score_pairs
-    from rewardjax.models import native_export
-
-    check_recipe(config, "export")
-    opts = _export_config(config)
-    if config.recipe in NATIVE_RECIPES:
-        return _export_armorm_run(config, workdir, opts)
-    run = load_trained(config, workdir)
-    norm = None
-    if opts["stats"] == "eval" and config.data.eval:
-        rewards, names = [], []
-        for name, pairs, _ in load_sets(config.data.eval, config.data):
-            rc, rr, _ = score_pairs(run, run.state, pairs, config)
-            rewards += [rc, rr]
-            names.append(name)
-        norm = reward_statistics(np.concatenate(rewards), data=",".join(names))
-    elif opts["stats"] not in ("eval", "none"):
-        raise ValueError(f"export.stats must be eval or none, got {opts['stats']!r}")
-    out = opts["dir"] or os.path.join(workdir, "export")
-    fmt = opts["format"]
-    if fmt not in ("auto", "hf", "native"):
-        raise ValueError(f"export.format must be auto, hf or native, got {fmt!r}")
-    if fmt in ("auto", "hf"):
-        try:
-            export_hf(run, run.state, out, normalisation=norm,
-                      drop_bias=bool(opts["drop_bias"]))
-            fmt = "hf"
-        except NotExportable as e:
-            if fmt == "hf":
-                raise
-            log.warning("no exact HF form (%s); writing the native format instead", e)
-            fmt = "native"
-    if fmt == "native":
-        native_export.save_run(run, run.state, out, normalisation=norm)
-    if jax.process_index() == 0:
-        print(f"exported ({fmt}) -> {out}")
-    return {"format": fmt, "dir": out, "normalisation": norm}
-
-
-def _export_armorm_run(config, workdir: str, opts: dict) -> dict:
-    """``export_run`` for an ArmoRM workdir: always the native format (no HF form exists for K
-    objectives and a gate); ``stats=eval`` normalises the gated reward over ``data.eval``."""
-    from rewardjax.data.sources import load_sets
-    from rewardjax.models import native_export
-    from rewardjax.models.native_load import load_native
-
-    if opts["format"] == "hf":
-        raise NotExportable("an ArmoRM model (K objectives, debiasing, a gate) has no HF "
-                            "sequence-classification form; use export.format=native or auto")
-    if opts["stats"] not in ("eval", "none"):
-        raise ValueError(f"export.stats must be eval or none, got {opts['stats']!r}")
-    out = opts["dir"] or os.path.join(workdir, "export")
-    export_armorm(config, workdir, out)
-    norm = None
-    if opts["stats"] == "eval" and config.data.eval:
-        from rewardjax.eval.runner import score_native_pairs
-
-        model, rewards, names = load_native(out), [], []
-        for name, pairs, _ in load_sets(config.data.eval, config.data):
-            rc, rr, _ = score_native_pairs(model, pairs, config)
-            rewards += [rc, rr]
-            names.append(name)
-        norm = reward_statistics(np.concatenate(rewards), data=",".join(names))
-        native_export.set_normalisation(out, norm)
-    if jax.process_index() == 0:
-        print(f"exported (native, ArmoRM) -> {out}")
-    return {"format": "native", "dir": out, "normalisation": norm}

@@ -10,7 +10,7 @@ written as a directory:
   but their adapted kernels, so they cost little more than one model);
 * the tokenizer files (``tokenizer.save_pretrained``).
 
-This module writes the format; :mod:`rewardjax.models.native_load` reads it back and scores.
+This module writes the format; :mod:`rewardjax.export.native_load` reads it back and scores.
 
 Manifest (``format: "rewardjax-native"``, ``version: 1``)::
 
@@ -39,7 +39,7 @@ Manifest (``format: "rewardjax-native"``, ``version: 1``)::
     normalisation, meta: free-form, optional
 
 Prompt features (``combine["prompt_feature"]``): ``"armorm"``, the gate input of
-``rewardjax.data.features`` (decoders: the hidden state at the prompt's last token of the same
+``rewardjax.train.features`` (decoders: the hidden state at the prompt's last token of the same
 sequence; encoders: the pooled feature of a second pass over the prompt-only prefix), default
 for the gate; ``"prefix_mean"``, the mean hidden state of a pass over the prompt-only prefix
 (``rewardjax.train.dmoerm_data.prompt_features``), default for the router.
@@ -193,7 +193,7 @@ def encoding_of(config) -> dict:
 
 def save_run(run, state, out_dir: str, *, normalisation: dict | None = None) -> str:
     """A trained scalar (or K-output) run as a one-member native model, any pooling."""
-    from rewardjax.models.export import merged_model
+    from rewardjax.export.hf_export import merged_model
 
     model = merged_model(run, state)
     k = int(model.head.num_outputs)
@@ -209,8 +209,8 @@ def save_armorm(out_dir: str, run, state, head, *, normalisation: dict | None = 
     """An ArmoRM model (frozen backbone of ``run`` + :class:`~rewardjax.heads.gating.ArmoRMHead`)
     as a multi-objective native model: the ridge regression becomes a K-output linear head
     (float32; the stage-1 head computes in float64 on the host)."""
+    from rewardjax.export.hf_export import merged_model
     from rewardjax.heads.scalar import LinearHead
-    from rewardjax.models.export import merged_model
 
     model = merged_model(run, state)
     w = np.asarray(head.regression_weights, np.float32)  # [D, K]

@@ -11,22 +11,21 @@ from flax import nnx
 
 from rewardjax.config import base_config
 from rewardjax.data.batching import collate_single
-from rewardjax.data.features import BackboneFeatures
 from rewardjax.data.tokenize import SequenceEncoder, build_wordlevel_tokenizer, encode_pairs
 from rewardjax.ensembles.predictions import combine
 from rewardjax.eval.runner import score_encoded
+from rewardjax.export import load_native, merged_model
+from rewardjax.export import native as nx
 from rewardjax.heads.gating import ArmoRMHead, build_gate
 from rewardjax.heads.moe import MoEAggregator, concat_experts
 from rewardjax.heads.router import Router
 from rewardjax.lora import LoRAConfig, apply_lora, lora_state, split_lora, stack_adapters
 from rewardjax.lora.stacked import score_experts
-from rewardjax.models import native_export as nx
 from rewardjax.models import registry
-from rewardjax.models.export import merged_model
-from rewardjax.models.native_load import load_native
 from rewardjax.models.reward_model import build_reward_model
+from rewardjax.train.features import BackboneFeatures
 from rewardjax.train.setup import build_run
-from tests.models.test_export import PAIRS
+from tests.export.test_hf_export import PAIRS
 
 BERT = "random:bert?hidden_size=32&num_layers=2&num_heads=4&intermediate_size=48"
 LLAMA = "random:llama?hidden_size=32&num_layers=2&num_heads=4&num_kv_heads=2&intermediate_size=48"

@@ -13,7 +13,8 @@ from rewardjax.config import base_config
 from rewardjax.data.records import Pair
 from rewardjax.data.tokenize import encode_pairs
 from rewardjax.eval.runner import score_encoded
-from rewardjax.models import export, registry
+from rewardjax.export import hf_export
+from rewardjax.models import registry
 from rewardjax.models.reward_model import build_reward_model
 from rewardjax.train.setup import build_run
 
@@ -119,14 +120,14 @@ def test_decoder_export_matches_torch(tmp_path, built, name, padding):
     ours = score_encoded(run, state, seqs, config)
     bias = _head_bias(state)
     assert abs(bias) > 1e-3  # the offset is actually exercised
-    out = export.export_hf(run, state, str(tmp_path / "hf"), drop_bias=True,
-                           normalisation={"mean": 0.5, "std": 2.0, "count": 16})
+    out = hf_export.export_hf(run, state, str(tmp_path / "hf"), drop_bias=True,
+                              normalisation={"mean": 0.5, "std": 2.0, "count": 16})
     theirs, model = _torch_scores(out, seqs, run.tokenizer.pad_token_id, left=padding == "left")
-    block = export.read_rewardjax_block(out)
+    block = hf_export.read_rewardjax_block(out)
     np.testing.assert_allclose(theirs + block["logit_offset"], ours, atol=1e-4, rtol=1e-4)
     assert block["logit_offset"] == block["dropped_bias"] == pytest.approx(bias)
     assert model.config.pad_token_id == run.tokenizer.pad_token_id
-    assert type(model).__name__ == export.SEQ_CLS_ARCHITECTURES[run.spec.config.model_type]
+    assert type(model).__name__ == hf_export.SEQ_CLS_ARCHITECTURES[run.spec.config.model_type]
 
 
 def test_llama_head_bias_is_refused_not_shifted(tmp_path, built, caplog):
@@ -134,16 +135,16 @@ def test_llama_head_bias_is_refused_not_shifted(tmp_path, built, caplog):
     unless drop_bias says so; a zero bias exports exactly."""
     config, run, seqs = built("llama")
     state = _with_head_bias(_perturbed(run, seed=4), 0.75)
-    with pytest.raises(export.NotExportable) as info:
-        export.export_hf(run, state, str(tmp_path / "refused"))
+    with pytest.raises(hf_export.NotExportable) as info:
+        hf_export.export_hf(run, state, str(tmp_path / "refused"))
     message = str(info.value)
     assert "LlamaForSequenceClassification's score layer has no bias" in message
     assert "bias 0.75" in message and "export.drop_bias=True" in message
     assert not (tmp_path / "refused").exists()  # nothing half-written
 
     ours = score_encoded(run, state, seqs, config)
-    with caplog.at_level(logging.WARNING, logger="rewardjax.models.export"):
-        out = export.export_hf(run, state, str(tmp_path / "dropped"), drop_bias=True)
+    with caplog.at_level(logging.WARNING, logger="rewardjax.export.hf_export"):
+        out = hf_export.export_hf(run, state, str(tmp_path / "dropped"), drop_bias=True)
     assert "dropping the head's bias 0.75" in caplog.text
     theirs, _ = _torch_scores(out, seqs, run.tokenizer.pad_token_id)
     np.testing.assert_allclose(theirs, ours - 0.75, atol=1e-4, rtol=1e-4)
@@ -153,21 +154,21 @@ def test_llama_head_bias_is_refused_not_shifted(tmp_path, built, caplog):
     assert block["logit_offset"] == pytest.approx(0.75)
 
     exact = _with_head_bias(state, 0.0)
-    out = export.export_hf(run, exact, str(tmp_path / "exact"))  # drop_bias not needed
+    out = hf_export.export_hf(run, exact, str(tmp_path / "exact"))  # drop_bias not needed
     theirs, _ = _torch_scores(out, seqs, run.tokenizer.pad_token_id)
     np.testing.assert_allclose(theirs, score_encoded(run, exact, seqs, config), atol=1e-4,
                                rtol=1e-4)
-    assert export.read_rewardjax_block(out)["dropped_bias"] == 0.0
+    assert hf_export.read_rewardjax_block(out)["dropped_bias"] == 0.0
 
 
 def test_bert_cls_export_matches_torch(tmp_path, built):
     config, run, seqs = built("bert")
     state = _perturbed(run, seed=1)
     ours = score_encoded(run, state, seqs, config)
-    out = export.export_hf(run, state, str(tmp_path / "hf"))
+    out = hf_export.export_hf(run, state, str(tmp_path / "hf"))
     theirs, model = _torch_scores(out, seqs, run.tokenizer.pad_token_id)
     assert _head_bias(state) != 0.0
-    block = export.read_rewardjax_block(out)
+    block = hf_export.read_rewardjax_block(out)
     assert block["logit_offset"] == block["dropped_bias"] == 0.0  # the bias is in the pooler
     np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
     assert type(model).__name__ == "BertForSequenceClassification"
@@ -179,7 +180,7 @@ def test_pooler_scale_bounds_every_layernorm_output():
     d = 16
     w, gamma, beta = rng.normal(size=d), rng.normal(size=d) * 3, rng.normal(size=d)
     b = 0.7
-    k = export.pooler_scale_exponent(w, b, gamma, beta)
+    k = hf_export.pooler_scale_exponent(w, b, gamma, beta)
     # The worst case: the normalised vector aligned with w ⊙ γ (after removing its mean).
     v = w * gamma
     n = v - v.mean()
@@ -197,9 +198,9 @@ def test_lora_merged_export_equals_unmerged_scores(tmp_path, built):
     config, run, seqs = built("lora")
     state = _perturbed(run, seed=2)  # lora_b moved off zero: the adapters change the scores
     unmerged = score_encoded(run, state, seqs, config)
-    out = export.export_hf(run, state, str(tmp_path / "hf"), drop_bias=True)
+    out = hf_export.export_hf(run, state, str(tmp_path / "hf"), drop_bias=True)
     theirs, _ = _torch_scores(out, seqs, run.tokenizer.pad_token_id)
-    offset = export.read_rewardjax_block(out)["logit_offset"]
+    offset = hf_export.read_rewardjax_block(out)["logit_offset"]
     np.testing.assert_allclose(theirs + offset, unmerged, atol=1e-4, rtol=1e-4)
     # The adapters matter: with B = 0 the scores differ.
     zeroed = jax.tree_util.tree_map_with_path(
@@ -211,8 +212,8 @@ def test_lora_merged_export_equals_unmerged_scores(tmp_path, built):
 def test_config_json_has_normalisation_and_tokenizer(tmp_path, built):
     config, run, seqs = built("llama")
     rewards = score_encoded(run, run.state, seqs, config)
-    stats = export.reward_statistics(rewards, data="unit")
-    out = export.export_hf(run, run.state, str(tmp_path / "hf"), normalisation=stats)
+    stats = hf_export.reward_statistics(rewards, data="unit")
+    out = hf_export.export_hf(run, run.state, str(tmp_path / "hf"), normalisation=stats)
     with open(f"{out}/config.json") as f:
         cfg = json.load(f)
     norm = cfg["rewardjax"]["normalisation"]
@@ -226,8 +227,8 @@ def test_config_json_has_normalisation_and_tokenizer(tmp_path, built):
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.get_vocab() == run.tokenizer.get_vocab()
     with pytest.raises(ValueError, match="std > 0"):
-        export.export_hf(run, run.state, str(tmp_path / "bad"),
-                         normalisation={"mean": 0.0, "std": 0.0})
+        hf_export.export_hf(run, run.state, str(tmp_path / "bad"),
+                            normalisation={"mean": 0.0, "std": 0.0})
 
 
 def _abstract_run(path, pooling):
@@ -245,74 +246,8 @@ def _abstract_run(path, pooling):
     (LLAMA, "mean", "last token"), (LLAMA, "cls", "last token")])
 def test_unexportable_models_are_refused(tmp_path, path, pooling, match):
     run = _abstract_run(path, pooling)
-    with pytest.raises(export.NotExportable, match=match):
-        export.export_hf(run, run.state, str(tmp_path / "hf"))
-
-
-def test_export_run_restores_the_checkpoint_and_falls_back_to_native(tmp_path):
-    """``export_run``: newest checkpoint, normalisation over data.eval, native for mean-BERT."""
-    import ml_collections
-
-    from rewardjax.models.native_load import load_native
-    from rewardjax.train.checkpoint import Checkpointer
-
-    eval_file = tmp_path / "eval.jsonl"
-    with open(eval_file, "w") as f:
-        for p in PAIRS:
-            f.write(json.dumps({"prompt": p.prompt, "chosen": p.chosen,
-                                "rejected": p.rejected}) + "\n")
-    config = _config(BERT)  # mean pooling: no exact HF form
-    config.data.eval = str(eval_file)
-    config.export = ml_collections.ConfigDict({"dir": str(tmp_path / "out"), "format": "auto"})
-    workdir = tmp_path / "work"
-    run = build_run(config, str(workdir), PAIRS)
-    state = _perturbed(run, seed=3)
-    state = state._replace(step=jax.device_put(np.int32(7), state.step.sharding))
-    ckpt = Checkpointer(str(workdir / "checkpoints"), 1)
-    ckpt.maybe_save(7, state, force=True)
-    ckpt.close()
-    result = export.export_run(config, str(workdir))
-    assert result["format"] == "native" and result["dir"] == str(tmp_path / "out")
-    data = encode_pairs(PAIRS, run.encoder)
-    want = score_encoded(run, state, data.chosen + data.rejected, config)
-    loaded = load_native(result["dir"])
-    np.testing.assert_allclose(loaded.score_encoded(data.chosen + data.rejected)["reward"],
-                               want, atol=1e-6)
-    norm = loaded.manifest["normalisation"]
-    assert norm["mean"] == pytest.approx(float(want.mean()), abs=1e-6)
-    assert norm["count"] == len(want) and loaded.manifest["meta"]["step"] == 7
-
-
-def test_export_run_llama_with_head_bias_goes_native_unless_dropped(tmp_path):
-    """``format=auto`` never writes shifted HF scores: native, unless export.drop_bias."""
-    from rewardjax.train.checkpoint import Checkpointer
-
-    eval_file = tmp_path / "eval.jsonl"
-    with open(eval_file, "w") as f:
-        for p in PAIRS:
-            f.write(json.dumps({"prompt": p.prompt, "chosen": p.chosen,
-                                "rejected": p.rejected}) + "\n")
-    config = _config(LLAMA)
-    config.data.eval = str(eval_file)
-    config.export.stats = "none"
-    workdir = tmp_path / "work"
-    run = build_run(config, str(workdir), PAIRS)
-    state = _with_head_bias(_perturbed(run, seed=5), 0.5)
-    ckpt = Checkpointer(str(workdir / "checkpoints"), 1)
-    ckpt.maybe_save(0, state, force=True)
-    ckpt.close()
-
-    config.export.dir = str(tmp_path / "auto")
-    assert export.export_run(config, str(workdir))["format"] == "native"
-    config.export.format, config.export.dir = "hf", str(tmp_path / "hf")
-    with pytest.raises(export.NotExportable, match="export.drop_bias=True"):
-        export.export_run(config, str(workdir))
-    config.export.drop_bias = True
-    for fmt in ("hf", "auto"):
-        config.export.format, config.export.dir = fmt, str(tmp_path / f"dropped_{fmt}")
-        result = export.export_run(config, str(workdir))
-        assert result["format"] == "hf"
-        assert export.read_rewardjax_block(result["dir"])["dropped_bias"] == pytest.approx(0.5)
+    with pytest.raises(hf_export.NotExportable, match=match):
+        hf_export.export_hf(run, run.state, str(tmp_path / "hf"))
 
 
 def test_bert_pooler_export_is_a_weight_copy(tmp_path):
@@ -321,11 +256,11 @@ def test_bert_pooler_export_is_a_weight_copy(tmp_path):
     run, seqs = _build(tmp_path, config)
     state = _perturbed(run, seed=2)
     ours = score_encoded(run, state, seqs, config)
-    out = export.export_hf(run, state, str(tmp_path / "hf"))
+    out = hf_export.export_hf(run, state, str(tmp_path / "hf"))
     theirs, model = _torch_scores(out, seqs, run.tokenizer.pad_token_id)
     np.testing.assert_allclose(theirs, ours, atol=1e-5, rtol=1e-5)
     assert type(model).__name__ == "BertForSequenceClassification"
-    assert export.read_rewardjax_block(out)["pooling"] == "pooler"
+    assert hf_export.read_rewardjax_block(out)["pooling"] == "pooler"
 
 
 def test_pooler_head_starts_from_the_checkpoint_pooler_and_matches_transformers(tmp_path):

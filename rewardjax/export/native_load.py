@@ -2,7 +2,7 @@
 that produced it.
 
 The on-disk format (manifest, stored tensors, how each kind combines its members) is documented
-in :mod:`rewardjax.models.native_export`, which writes it.
+in :mod:`rewardjax.export.native`, which writes it.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from flax import nnx
 from rewardjax.data.batching import BatchPlan, collate_single, default_buckets
 from rewardjax.data.features import prompt_prefix
 from rewardjax.data.tokenize import SequenceEncoder
+from rewardjax.export.native import FORMAT, MANIFEST, TENSORS, VERSION
 from rewardjax.models import hf, registry
 from rewardjax.models.bert import BertConfig
 from rewardjax.models.llama import LlamaConfig
-from rewardjax.models.native_export import FORMAT, MANIFEST, TENSORS, VERSION
 from rewardjax.models.pooling import pool
 from rewardjax.models.reward_model import build_reward_model
 
@@ -130,7 +130,7 @@ class NativeModel:
 
     def _prompt_features(self, member: int, seqs, zp, batch_size: int, kind: str):
         """``[N, D]`` prompt features of one member (``kind``: see
-        :mod:`rewardjax.models.native_export`)."""
+        :mod:`rewardjax.export.native`)."""
         if kind not in ("armorm", "prefix_mean"):
             raise ValueError(f"prompt_feature must be armorm or prefix_mean, got {kind!r}")
         if kind == "armorm" and self.is_causal:
