@@ -227,12 +227,19 @@ def table(results: list[dict], arms: list[str]) -> str:
                 if common:
                     d = np.array([_acc(by[a][s], name) - _acc(by["trl"][s], name)
                                   for s in common])
-                    cell += f" (Δ {d.mean():+.3f})"
+                    cell += f" (Δ {d.mean():+.3f}"
+                    n = sizes.get(name) or 0
+                    if n:  # in units of the binomial standard error of TRL's accuracy
+                        p = np.mean([_acc(by["trl"][s], name) for s in common])
+                        cell += f" = {d.mean() / max(np.sqrt(p * (1 - p) / n), 1e-9):+.1f} SE"
+                    cell += ")"
             cells.append(cell)
         lines.append(f"| {name} | {sizes.get(name, '')} | " + " | ".join(cells) + " |")
     walls = [f"{a}: {np.mean([by[a][s]['wall_s'] for s in by[a]]):.0f} s" for a in arms]
     lines.append("")
-    lines.append("train wall time per run (mean): " + ", ".join(walls))
+    lines.append("wall time per run, mean (trl: training; rj: training + evaluation): "
+                 + ", ".join(walls))
+    lines.append("SE: binomial standard error of TRL's accuracy on that set, sqrt(p(1-p)/n)")
     return "\n".join(lines)
 
 
