@@ -6,7 +6,8 @@ TGI, Ollama ...). Configuration comes from arguments or the environment:
 * ``REWARDJAX_JUDGE_URL``: the endpoint or its base, e.g. ``http://127.0.0.1:8000/v1``;
   ``/chat/completions`` (after ``/v1``) is appended unless the URL already ends with it;
 * ``REWARDJAX_JUDGE_MODEL``: the ``model`` field of the request;
-* ``REWARDJAX_JUDGE_KEY``: optional bearer token (local servers usually need none);
+* ``REWARDJAX_JUDGE_KEY``: optional bearer token (local servers usually need none); surrounding
+  whitespace is stripped, a control or non-latin-1 character inside is refused;
 * ``REWARDJAX_JUDGE_TIMEOUT``: optional per-request timeout in seconds.
 
 The key is held in a :class:`Secret` whose ``repr``/``str`` are ``***``, is only ever written
@@ -156,7 +157,7 @@ class HTTPJudge:
                              f"(e.g. http://127.0.0.1:8000/v1)")
         self.url = endpoint(url)
         self.model = model if model is not None else env.get(ENV_MODEL, "")
-        self._key = Secret(key if key is not None else env.get(ENV_KEY))
+        self._key = Secret(_check_key(key if key is not None else env.get(ENV_KEY)))
         if timeout is None:
             timeout = float(env.get(ENV_TIMEOUT) or 60.0)
         if timeout <= 0 or retries < 0:
@@ -279,6 +280,12 @@ class HTTPJudge:
                     reason = f"connection failed: {self._scrub(str(e.reason))}"
             except (ConnectionError, http.client.HTTPException) as e:
                 reason = f"connection failed: {self._scrub(type(e).__name__ + ' ' + str(e))}"
+            except ValueError as e:  # UnicodeEncodeError too: http.client refusing a header
+                # Its text quotes the header (the key in repr form, which scrubbing may miss).
+                raise JudgeError(self._scrub(
+                    f"{self.url}: http.client refused the request ({type(e).__name__}): a "
+                    "header value it cannot send (a control or non-latin-1 character in the "
+                    f"key from key= or ${ENV_KEY}?)")) from None
             if attempt + 1 == attempts:
                 raise JudgeError(self._scrub(f"{self.url}: request failed after {attempts} "
                                              f"attempt(s); last error: {reason}"))
@@ -287,6 +294,28 @@ class HTTPJudge:
                         self._scrub(reason), attempt + 1, self.retries, delay)
             self._sleep(delay)
         raise AssertionError("unreachable")
+
+
+def _check_key(key: str | None) -> str | None:
+    """``key`` without surrounding whitespace; a JudgeError (never quoting it) when unsendable.
+
+    A key read from a file or ``$(...)`` often ends with a newline, which http.client refuses
+    with an error quoting the whole ``Authorization`` header, key included.
+    """
+    if key is None:
+        return None
+    key = key.strip()
+    for i, ch in enumerate(key):
+        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+            problem = f"a control character (U+{ord(ch):04X})"
+        elif ord(ch) > 0xFF:
+            problem = "a character outside latin-1, which an HTTP header cannot carry"
+        else:
+            continue
+        raise JudgeError(f"judge API key (key= or ${ENV_KEY}) holds {problem} at position {i} "
+                         f"of {len(key)}; set the key itself, without line breaks or other "
+                         "text")
+    return key
 
 
 def _read_detail(error: urllib.error.HTTPError, limit: int = _READ) -> str:

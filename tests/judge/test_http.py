@@ -331,3 +331,30 @@ def test_clip_masks_a_key_prefix_left_at_a_cut(stub):
         clipped = judge._clip("a" * 10 + KEY[:k], limit=300)
         assert clipped == ("a" * 10 + "***" if 4 <= k < len(KEY) else
                            "a" * 10 + ("***" if k == len(KEY) else KEY[:k]))
+
+
+def test_key_with_surrounding_whitespace_is_stripped(stub):
+    # A key from a file or $(...) ends with a newline; http.client refused the header and
+    # quoted it, key included, in a ValueError.
+    stub.script = [_completion("A")]
+    judge = HTTPJudge(url=stub.url, env={"REWARDJAX_JUDGE_KEY": f" {KEY}\r\n"},
+                      sleep=lambda s: None)
+    assert judge.compare(PROMPT, "a", "b", "c") == "A"
+    assert stub.requests[0][1]["Authorization"] == f"Bearer {KEY}"
+
+
+@pytest.mark.parametrize("bad", [f"{KEY}\nX-Evil: 1", f"sk-\r{KEY}", f"{KEY}\x00", f"{KEY}\u2013"])
+def test_unsendable_key_is_refused_without_quoting_it(bad):
+    with pytest.raises(JudgeError, match="judge API key") as info:
+        HTTPJudge(url="http://127.0.0.1:9/v1", key=bad, env={})
+    assert KEY not in "".join(traceback.format_exception(info.value))
+
+
+def test_header_refused_by_http_client_is_a_scrubbed_judge_error(stub):
+    judge = stub.judge()
+    for bad in (f"{KEY}\n", f"{KEY}\u2013"):  # past the constructor's check
+        judge._key = Secret(bad)
+        with pytest.raises(JudgeError, match="http.client refused") as info:
+            judge.compare(PROMPT, "a", "b", "c")
+        assert KEY not in "".join(traceback.format_exception(info.value))
+    assert stub.requests == []
