@@ -353,6 +353,13 @@ def _conv_ranking(rec: dict, ctx: _Ctx) -> Ranking | None:
         _check_text(text, f"responses[{i}]", ctx)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ctx.error(f"{key}[{i}] is {_short(v)}, expected a number")
+        try:
+            finite = math.isfinite(v)
+        except OverflowError:  # a JSON integer too large for a float
+            finite = False
+        if not finite:
+            raise ctx.error(f"field {key!r}: {key}[{i}] is {_short(v)}, expected a finite "
+                            "number (NaN/Infinity cannot be ordered)")
         if not text.strip():
             if ctx.strict:
                 raise ctx.error(f"empty response responses[{i}] (whitespace only); {DROP_HINT}")
@@ -364,13 +371,25 @@ def _conv_ranking(rec: dict, ctx: _Ctx) -> Ranking | None:
     return Ranking(prompt, list(responses), scores, source=ctx.source, meta=meta)
 
 
-def ranking_to_pairs(ranking: Ranking) -> list[Pair]:
-    """All pairs of responses with different scores, the higher-scored one as chosen."""
+def ranking_to_pairs(ranking: Ranking, ctx: _Ctx | None = None) -> list[Pair]:
+    """All pairs of responses with different scores, the higher-scored one as chosen.
+
+    Identical responses with different scores follow :func:`_pair`'s policy when ``ctx`` is
+    given (a DataError when strict, else dropped and counted as ``dropped_identical``); without
+    it they are dropped silently. Either way no pair with chosen == rejected comes out.
+    """
     pairs = []
     for i, (a, sa) in enumerate(zip(ranking.responses, ranking.scores, strict=True)):
         for j in range(i + 1, len(ranking.responses)):
             b, sb = ranking.responses[j], ranking.scores[j]
             if sa == sb:
+                continue
+            if a == b:  # no preference to learn, and always a "wrong" tie in evaluation
+                if ctx is not None and ctx.strict:
+                    raise ctx.error(f"responses[{i}] and responses[{j}] are identical but "
+                                    f"scored differently; {DROP_HINT}")
+                if ctx is not None:
+                    ctx.stats["dropped_identical"] += 1
                 continue
             (c, ic), (r, ir) = ((a, i), (b, j)) if sa > sb else ((b, j), (a, i))
             pairs.append(Pair(list(ranking.prompt), c, r, ranking.source, ranking.category,

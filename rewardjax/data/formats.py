@@ -90,8 +90,10 @@ def convert(record: dict, fmt: str = "auto", *, strict: bool | None = None,
 def _convert(rec: dict, fmt: str, ctx: _Ctx) -> list[Pair]:
     if fmt == "ranking":
         ranking = _conv_ranking(rec, ctx)
-        pairs = ranking_to_pairs(ranking) if ranking else []
-        ctx.stats["dropped_ties"] += bool(ranking) and not pairs
+        identical = ctx.stats["dropped_identical"]
+        pairs = ranking_to_pairs(ranking, ctx) if ranking else []
+        identical = ctx.stats["dropped_identical"] > identical
+        ctx.stats["dropped_ties"] += bool(ranking) and not pairs and not identical
         return pairs
     if fmt == "response":
         raise ctx.error("record holds a single response (format 'response'); use "

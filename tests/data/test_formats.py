@@ -333,3 +333,26 @@ def test_split_pairs_deterministic_and_order_free():
     held_prompts = {p.prompt[0]["content"] for p in by_prompt}
     assert all(p.prompt[0]["content"] not in held_prompts
                for p in formats.split_pairs(pairs, 0.3, seed=3, key="prompt")[0])
+
+
+def test_ranking_identical_responses_follow_the_pair_policy(tmp_path):
+    path = write_jsonl(tmp_path / "r.jsonl",
+                       [{"prompt": "p", "responses": ["x", "y", "x"], "scores": [1, 2, 3]},
+                        {"prompt": "p", "responses": ["z", "z"], "ranks": [1, 2]}])
+    assert_error(["r.jsonl", "record 1", "responses[0] and responses[2] are identical",
+                  "odd_records=drop"], formats.load_pairs, path)
+    pairs, stats = formats.load_pairs(path, strict=False)
+    assert [(p.chosen, p.rejected) for p in pairs] == [("y", "x"), ("x", "y")]
+    assert stats["dropped_identical"] == 2 and stats["dropped_ties"] == 0
+    assert formats.ranking_to_pairs(Ranking([], ["a", "a"], [0.0, 1.0])) == []
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 10 ** 400],
+                         ids=["nan", "inf", "-inf", "huge-int"])
+def test_ranking_non_finite_score_is_refused(tmp_path, bad):
+    path = write_jsonl(tmp_path / "r.jsonl",
+                       [{"prompt": "p", "responses": ["x", "y"], "ranks": [1, 2]},
+                        {"prompt": "p", "responses": ["x", "y"], "scores": [1.0, bad]}])
+    for load in (formats.load_pairs, formats.load_rankings, formats.load_responses):
+        assert_error(["r.jsonl", "record 2", "field 'scores'", "scores[1]", "finite"],
+                     load, path, strict=False)
