@@ -5,7 +5,8 @@ A spec is a comma-separated list; each item is one of
 * ``sim:<split>`` — the preference simulator's ``train``, ``test_id`` or ``test_ood`` split
   (sizes, flip rate and seed from ``data.sim``);
 * a file or directory path (``$VARS`` and ``~`` expanded), optionally suffixed ``@train`` or
-  ``@heldout`` to take the fixed content-hashed split of ``data.holdout_fraction``;
+  ``@heldout`` to take the fixed content-hashed split of ``data.holdout_fraction`` (only a
+  trailing suffix is a split: an ``@`` elsewhere in the path is part of it);
 * a hub dataset name (``hf:<name>[:<split>]``), loaded with ``datasets`` when online.
 """
 
@@ -74,13 +75,34 @@ def spec_name(spec: str) -> str:
     """A short display name: ``sim:test_ood`` or the file stem with its split suffix."""
     if spec.startswith(("sim:", "hf:")):
         return spec
-    path, _, part = spec.partition("@")
+    path, part = split_suffix(spec)
     base = os.path.basename(os.path.normpath(path))
     for ext in (".gz", ".jsonl", ".json"):
         if base.endswith(ext):
             base = base[: -len(ext)]
     base = re.sub(r"[*?\[\]]", "", base).rstrip("_-.") or base  # "Adversarial_*" -> "Adversarial"
     return f"{base}@{part}" if part else base
+
+
+SPLIT_SUFFIXES = ("train", "heldout")
+
+
+def split_suffix(spec: str) -> tuple[str, str]:
+    """``(path, split)``: a trailing ``@train`` / ``@heldout`` is the split ("" when none).
+
+    An ``@`` elsewhere belongs to the path (``/data/user@host/x.jsonl``, ``prefs@v2.jsonl``);
+    a trailing word that names no split and no existing path (``x.jsonl@test``) is an error.
+    """
+    path, sep, part = spec.rpartition("@")
+    if not sep:
+        return spec, ""
+    if part in SPLIT_SUFFIXES:
+        return path, part
+    looks_like_suffix = part and not re.search(r"[/\\.*?\[]", part)
+    if looks_like_suffix and not spec.startswith("hf:") and not os.path.exists(expand(spec)):
+        raise ValueError(f"unknown split suffix @{part} in {spec!r}; use @train or @heldout "
+                         "(no path of that name exists either)")
+    return spec, ""
 
 
 _SIM_CACHE: dict = {}
@@ -111,9 +133,7 @@ def load_spec(spec: str, data_cfg) -> tuple[list[Pair], dict]:
         return pairs, {"source": spec, "kept": len(pairs)}
     from rewardjax.data import formats
 
-    path, sep, part = spec.partition("@")
-    if sep and part not in ("train", "heldout"):
-        raise ValueError(f"unknown split suffix @{part} in {spec!r}; use @train or @heldout")
+    path, part = split_suffix(spec)
     target = path if path.startswith("hf:") else expand(path)
     pairs, stats = formats.load_pairs(target, fmt=data_cfg.format, strict=strict_of(data_cfg))
     if part:
@@ -159,6 +179,19 @@ def load_train_pairs(data_cfg, report: dict | None = None) -> list[Pair]:
     if not pairs:
         raise ValueError("data.train is empty: name at least one training set")
     return subsample(pairs, int(data_cfg.get("train_limit", 0)), data_cfg.split_seed)
+
+
+def margin_warning(report: dict, use_data_margin: bool) -> str | None:
+    """A warning when training data carries ``margin`` values the loss will ignore.
+
+    ``report`` is :func:`load_train_pairs`'s ``{set name: counters}``; None when there is
+    nothing to say (no margins, or ``loss.use_data_margin`` already on)."""
+    with_margin = sum(int(stats.get("with_margin", 0)) for stats in report.values())
+    if not with_margin or use_data_margin:
+        return None
+    return (f"{with_margin} training record(s) carry a 'margin' field, which is ignored: "
+            "loss.use_data_margin is off; pass --config.loss.use_data_margin=True to add it "
+            "to the loss margin")
 
 
 def summary_stats(stats: dict) -> dict:

@@ -12,7 +12,7 @@ import tqdm
 
 from rewardjax.data.batching import BatchPlan, collate_pairs, default_buckets
 from rewardjax.data.packing import PackedPairBatches
-from rewardjax.data.sources import load_sets, load_train_pairs, summary_stats
+from rewardjax.data.sources import load_sets, load_train_pairs, margin_warning, summary_stats
 from rewardjax.data.tokenize import encode_pairs
 from rewardjax.eval.runner import evaluate_sets, format_table
 from rewardjax.train.checkpoint import (
@@ -35,6 +35,8 @@ def train(config, workdir: str) -> dict:
     tcfg = config.train
     loaded: dict = {}
     train_pairs = load_train_pairs(config.data, report=loaded)
+    if warning := margin_warning(loaded, config.loss.use_data_margin):
+        log.warning(warning)
     eval_sets = load_sets(config.data.eval, config.data)
     run = build_run(config, workdir, train_pairs)
 

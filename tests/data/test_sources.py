@@ -129,3 +129,44 @@ def dict_cfg(cfg, **values):
     for k, v in values.items():
         cfg[k] = v
     return cfg
+
+
+def test_margins_with_use_data_margin_off_warn_naming_the_flag(tmp_path, caplog):
+    import logging
+
+    from rewardjax.data.sources import margin_warning
+
+    path = str(tmp_path / "m.jsonl")
+    _trl_file(path, [{"prompt": "q0", "chosen": "a", "rejected": "b", "margin": 2.0},
+                     {"prompt": "q1", "chosen": "c", "rejected": "d", "margin": 0.5},
+                     {"prompt": "q2", "chosen": "e", "rejected": "f"}])
+    report = {}
+    load_train_pairs(dict_cfg(_cfg(), train=path), report=report)
+    log = logging.getLogger("rewardjax.train.loop")
+    with caplog.at_level(logging.WARNING):
+        if warning := margin_warning(report, use_data_margin=False):
+            log.warning(warning)
+    assert "--config.loss.use_data_margin=True" in caplog.text
+    assert "2 training record(s) carry a 'margin'" in caplog.text
+    assert caplog.records[0].levelno == logging.WARNING
+    assert margin_warning(report, use_data_margin=True) is None
+    assert margin_warning({"x": {"with_margin": 0}}, use_data_margin=False) is None
+
+
+def test_at_sign_inside_a_path_is_not_a_split_suffix(tmp_path):
+    for sub in ("user@host", "plain"):
+        (tmp_path / sub).mkdir()
+    inside = tmp_path / "user@host" / "prefs.jsonl"
+    versioned = tmp_path / "plain" / "prefs@v2.jsonl"
+    named = tmp_path / "plain" / "prefs@final"
+    for path in (inside, versioned, named):
+        _write(path, 50)
+    for path in (inside, versioned, named):
+        [(name, pairs, stats)] = load_sets(str(path), _cfg())
+        assert len(pairs) == 50 and "split" not in stats
+    (_, train, _), (_, held, _) = load_sets(f"{inside}@train,{versioned}@heldout", _cfg())
+    assert (len(train), len(held)) == (40, 10)
+    assert spec_name(f"{inside}@heldout") == "prefs@heldout"
+    assert spec_name(str(versioned)) == "prefs@v2"
+    with pytest.raises(ValueError, match="unknown split suffix @test"):
+        load_sets(f"{inside}@test", _cfg())
