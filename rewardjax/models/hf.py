@@ -31,7 +31,11 @@ _ST_DTYPES = {
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
     "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
 }
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json+merges.txt")
+# Files that configure a tokenizer but hold no vocabulary: alone they load as a tokenizer of
+# the special tokens only, where every word is [UNK].
+_TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json",
+                         "added_tokens.json")
 
 # Tensors a backbone legitimately does not use: rotary caches, buffers, task heads, poolers.
 _IGNORED = re.compile(
@@ -77,6 +81,9 @@ def _read_header(path: str, f, size: int) -> tuple[dict, int]:
     return header, n
 
 
+_MAX_DIM = 2 ** 62  # bound on a safetensors dimension and element count (numpy's is 2**63)
+
+
 def _tensor_entry(path: str, name: str, info, data_size: int) -> tuple[np.dtype, tuple, int, int]:
     """``(dtype, shape, start, end)`` of one header entry, checked against the data section.
 
@@ -107,6 +114,11 @@ def _tensor_entry(path: str, name: str, info, data_size: int) -> tuple[np.dtype,
         raise ValueError(f"{where}: shape {tuple(shape)} of {dtype_name} needs "
                          f"{math.prod(shape) * dtype.itemsize} bytes but data_offsets span "
                          f"{end - start}")
+    # A zero-size tensor passes the byte count whatever its other dimensions; numpy refuses
+    # one past intp (or a size past it) with an error naming neither file nor tensor.
+    if any(d >= _MAX_DIM for d in shape) or math.prod(d for d in shape if d) >= _MAX_DIM:
+        raise ValueError(f"{where}: shape {shape!r} has a dimension or element count of "
+                         "2**62 or more (corrupt or crafted header)")
     return dtype, tuple(shape), start, end
 
 
@@ -175,13 +187,38 @@ def load_tensors(directory: str | os.PathLike) -> Tensors:
                             f"{hint}; files present: {present[:20]}")
 
 
-def load_tokenizer(directory: str | os.PathLike):
-    """``AutoTokenizer`` from local files only, or None when the directory has no tokenizer."""
-    if not any(os.path.isfile(os.path.join(directory, f)) for f in _TOKENIZER_FILES):
+def tokenizer_files(directory: str | os.PathLike) -> list[str]:
+    """The tokenizer files present in ``directory``, vocabulary and side files alike."""
+    names = [n for f in _TOKENIZER_FILES + _TOKENIZER_SIDE_FILES for n in f.split("+")]
+    return [n for n in dict.fromkeys(names) if os.path.isfile(os.path.join(directory, n))]
+
+
+def has_vocabulary(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a tokenizer vocabulary (one of ``_TOKENIZER_FILES``)."""
+    return any(all(os.path.isfile(os.path.join(directory, n)) for n in f.split("+"))
+               for f in _TOKENIZER_FILES)
+
+
+def load_tokenizer(directory: str | os.PathLike, vocab_size: int | None = None):
+    """``AutoTokenizer`` from local files only, or None when the directory has no vocabulary.
+
+    A ``tokenizer_config.json`` (or ``special_tokens_map.json``) without a vocabulary file is no
+    tokenizer. With ``vocab_size`` (the checkpoint's embedding rows), a tokenizer of fewer than
+    half as many tokens is a ValueError: it is not the checkpoint's (files missing or mixed up).
+    """
+    if not has_vocabulary(directory):
         return None
     from transformers import AutoTokenizer  # heavy import, only when needed
 
-    return AutoTokenizer.from_pretrained(os.fspath(directory), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(os.fspath(directory), local_files_only=True)
+    if vocab_size and len(tokenizer) < vocab_size // 2:
+        raise ValueError(
+            f"{os.fspath(directory)}: the tokenizer has {len(tokenizer)} tokens but the "
+            f"checkpoint's config.json has vocab_size {vocab_size}; the tokenizer files "
+            f"({', '.join(tokenizer_files(directory))}) do not hold the checkpoint's vocabulary "
+            "(a missing or truncated vocabulary file?); copy the tokenizer files that came "
+            "with the checkpoint")
+    return tokenizer
 
 
 def save_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],

@@ -155,7 +155,7 @@ def _hf_spec(directory: str) -> BackboneSpec:
     def load_weights() -> dict:
         return hf.params_from_hf(config, hf.load_tensors(directory))
 
-    tokenizer = hf.load_tokenizer(directory)
+    tokenizer = hf.load_tokenizer(directory, config.vocab_size)
     missing = "" if tokenizer is not None else _no_tokenizer_files(directory)
     return BackboneSpec(family, config, tokenizer, family == "llama", directory, load_weights,
                         missing)
@@ -166,7 +166,8 @@ def _no_tokenizer_files(directory: str) -> str:
     shown = ", ".join(present[:12]) + (f" and {len(present) - 12} more" if len(present) > 12
                                         else "")
     return (f"checkpoint directory {directory} has pretrained weights but no tokenizer files "
-            f"(looked for {', '.join(hf._TOKENIZER_FILES)}; it holds {shown})")
+            f"(looked for {', '.join(hf._TOKENIZER_FILES)}; it holds {shown}; "
+            f"{', '.join(hf._TOKENIZER_SIDE_FILES)} alone hold no vocabulary)")
 
 
 def _gguf_spec(path: str) -> BackboneSpec:

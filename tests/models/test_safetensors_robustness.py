@@ -126,3 +126,11 @@ def test_integer_parameter_is_refused_not_cast(tmp_path):
     assert str(tmp_path / "int" / "model.safetensors") in message
     with pytest.raises(ValueError, match="integer dtype int8"):  # plain dicts: name only
         hf.llama_params_from_hf(spec.config, dict(tensors))
+
+
+@pytest.mark.parametrize("shape", [(2 ** 64, 0), (0, 2 ** 62), (2 ** 31, 2 ** 31, 0)])
+def test_zero_size_tensor_with_a_huge_dimension(tmp_path, shape):
+    # Offsets [0, 0] match any zero-size shape; numpy then failed with "Maximum allowed
+    # dimension exceeded" (or "array is too big"), naming neither file nor tensor.
+    path = _write(tmp_path / "huge.safetensors", {"w": _entry(shape=shape, offsets=(0, 0))})
+    assert "2**62 or more" in _error(path, "w")
