@@ -251,6 +251,12 @@ def load_pretrained(spec, params, frozen, shardings):
                     f"{spec.source}: {'/'.join(map(str, key))} has shape {arr.shape}, "
                     f"model expects {tuple(value.shape)}"
                 )
+            if not np.isfinite(arr).all():  # else: NonFiniteLoss at step 1, "lower the LR"
+                raise ValueError(
+                    f"{spec.source}: checkpoint weights contain NaN/inf in "
+                    f"{'/'.join(map(str, key))} ({int((~np.isfinite(arr)).sum())} of "
+                    f"{arr.size} values): corrupt or badly converted checkpoint"
+                )
             target = _get(sh_pure, path) if sh_pure is not None else None
             _set(pure, path, jax.device_put(arr.astype(value.dtype), target))
             used.add(key)

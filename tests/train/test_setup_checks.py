@@ -48,3 +48,31 @@ def test_reward_model_drops_the_untied_lm_head(tmp_path, caplog):
                                   loaded["embed"]["embedding"])
     with pytest.raises(ValueError, match="without its lm_head"):
         model.backbone.logits(np.zeros((1, 2, run.spec.hidden_size), np.float32))
+
+
+def test_pretrained_weights_with_nan_are_refused(tmp_path):
+    """A checkpoint holding NaN/inf trained into ``NonFiniteLoss at step 1 ... lower the learning
+    rate``; the load now names the checkpoint and the tensor."""
+    import shutil
+
+    from rewardjax.models import hf
+    from tests.models.golden_checkpoints import golden_checkpoint
+
+    ckpt = tmp_path / "llama_nan"
+    shutil.copytree(golden_checkpoint("llama"), ckpt)
+    tensors = dict(hf.read_safetensors(ckpt / "model.safetensors"))
+    name = next(k for k in tensors if k.endswith("layers.0.self_attn.q_proj.weight"))
+    bad = np.array(tensors[name], np.float32)
+    bad[0, 1], bad[1, 0] = np.nan, np.inf
+    tensors[name] = bad
+    hf.save_safetensors(ckpt / "model.safetensors", tensors)
+    c = base_config()
+    c.model.path = str(ckpt)
+    c.model.max_length = 32
+    c.model.fit_tokenizer = True  # the golden checkpoint ships no tokenizer
+    c.data.sim.num_train, c.data.sim.num_eval = 16, 8
+    pairs = load_sets("sim:train", c.data)[0][1]
+    with pytest.raises(ValueError) as err:
+        build_run(c, str(tmp_path / "work"), pairs)
+    for part in (str(ckpt), "NaN/inf", "q_proj", "2 of", "corrupt or badly converted"):
+        assert part in str(err.value), (part, str(err.value))
