@@ -29,6 +29,24 @@ log = logging.getLogger(__name__)
 # orbax's words for "this checkpoint was written for another state", not damage.
 _MISMATCH = re.compile(r"not compatible with the stored shape|tree structures do not match")
 _OPEN: weakref.WeakSet = weakref.WeakSet()
+# The running workdir's backbone-following ``train.lr`` default (set by ``start_run``) and what
+# to write once its checkpoint is known to fit (a ``resume_changed`` identity, see workdir.py).
+_RUN = {"default_lr": None, "workdir": None, "on_fit": None}
+
+
+class _QuietDiskFull(logging.Filter):
+    """Drops orbax's own reports of a full disk (each failed save thread logs a traceback of
+    ~100 lines): :class:`DiskFull` says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "orbax" not in record.pathname:
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        return not ((exc is not None and is_disk_full(exc))
+                    or is_disk_full(RuntimeError(record.getMessage())))
+
+
+_QUIET = _QuietDiskFull()
 
 
 class NonFiniteLoss(RuntimeError, FloatingPointError):
@@ -79,6 +97,15 @@ def close_all(exclude: set[int] = frozenset()) -> None:
                 log.warning("closing %s: %s", c.directory, first_line(e))
 
 
+def _finite(state) -> bool:
+    """True if every float array of ``state`` is finite (one reduction, one device sync)."""
+    leaves = [x for x in jax.tree.leaves(state)
+              if hasattr(x, "dtype") and np.issubdtype(x.dtype, np.inexact)]
+    if not leaves:
+        return True
+    return bool(jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])))
+
+
 class Checkpointer:
     """Saves every ``every`` steps (and at the end); keeps the newest ``keep``.
 
@@ -91,15 +118,40 @@ class Checkpointer:
         self.every = int(every)
         self._pending: int | None = None
         self._closed = False
+        self._keep = keep
+        self._fits = False  # a restore or a save showed the directory fits this run
         try:
-            self.manager = ocp.CheckpointManager(
-                self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-            )
+            self.manager = self._new_manager()
         except Exception as e:
             if is_disk_full(e):
                 raise DiskFull(self.directory, "creating the checkpoint directory") from e
             raise
         _OPEN.add(self)
+        logging.getLogger("absl").addFilter(_QUIET)  # once: a set of filters
+
+    def _new_manager(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True))
+
+    def _fresh_manager(self) -> None:
+        """A failed restore can leave orbax's manager (its handler registry) bound to the
+        failing step's layout; the next attempt gets a new one."""
+        with contextlib.suppress(Exception):
+            self.manager.close()
+        self.manager = self._new_manager()
+
+    def _fitted(self) -> None:
+        """This directory's checkpoint fits the run: commits what waited for that (the new run
+        identity of a ``resume_changed`` start), once, for the run's own checkpoints only."""
+        if self._fits:
+            return
+        self._fits = True
+        workdir, on_fit = _RUN["workdir"], _RUN["on_fit"]
+        if on_fit is not None and workdir and \
+                os.path.commonpath([self.directory, workdir]) == workdir:
+            _RUN["on_fit"] = None
+            on_fit()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -114,7 +166,9 @@ class Checkpointer:
             return False
         with self._disk_guard(step):
             self._pending = step
-            return bool(self.manager.save(step, args=ocp.args.StandardSave(state)))
+            saved = bool(self.manager.save(step, args=ocp.args.StandardSave(state)))
+        self._fitted()
+        return saved
 
     # ------------------------------------------------------------------------- restoring
 
@@ -136,13 +190,19 @@ class Checkpointer:
         if step is None:
             out, damaged = self._restore_newest(state)
             self._set_aside(damaged, "damaged")
+            if out is not None:
+                self._fitted()
             return out
         step = int(step)
         if step not in self.manager.all_steps():
             raise CheckpointError(f"train.resume_step={step}: {self.directory} has no step {step} "
                                   f"(saved: {self.steps() or 'none'})")
         out = self._restore(state, step)
+        if not _finite(out):
+            raise CheckpointError(f"train.resume_step={step}: {self._step_dir(step)} holds "
+                                  "non-finite values (damaged); resume from another step")
         self.discard_after(step)
+        self._fitted()
         return out
 
     def discard_after(self, step: int) -> None:
@@ -164,19 +224,37 @@ class Checkpointer:
             raise
 
     def _restore_newest(self, state):
+        """``(state, [steps that failed])``: the newest step that restores with finite values.
+
+        A step that does not fit the state is only a model change if no older step fits
+        either: damaged metadata reads the same, so older steps are tried first."""
         steps = sorted(self.manager.all_steps(), reverse=True)
         failed = []
         for i, s in enumerate(steps):
             try:
-                return self._restore(state, s), [f for f, _ in failed]
-            except CheckpointMismatch:
-                raise
+                out = self._restore(state, s)
+                if not _finite(out):
+                    raise ValueError("restored arrays hold NaN/inf (garbled data files)")
+                if failed:
+                    log.warning("restored %s; newer step(s) %s are damaged",
+                                self._step_dir(s), [f for f, _ in failed])
+                return out, [f for f, _ in failed]
             except Exception as e:  # noqa: BLE001 -- any read error: try the older step
                 nxt = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else \
                     "no older step to fall back to"
-                log.warning("checkpoint %s is damaged (%s); %s", self._step_dir(s),
-                            first_line(e), nxt)
+                if isinstance(e, CheckpointMismatch):
+                    log.warning("checkpoint %s does not fit this run's state (%s); %s",
+                                self._step_dir(s), first_line(e.__cause__ or e),
+                                f"trying step {steps[i + 1]} to tell damage from a model change"
+                                if i + 1 < len(steps) else "no older step to compare with")
+                else:
+                    log.warning("checkpoint %s is damaged (%s); %s", self._step_dir(s),
+                                first_line(e), nxt)
                 failed.append((s, e))
+                self._fresh_manager()
+        mismatch = [e for _, e in failed if isinstance(e, CheckpointMismatch)]
+        if mismatch:  # no step fits, and a readable one says why: another model or settings
+            raise mismatch[0]
         if failed:
             raise CheckpointError(
                 f"no checkpoint in {self.directory} can be restored ("
@@ -266,15 +344,46 @@ class Checkpointer:
                 self.manager.close()
 
 
+def default_lr(config) -> float | None:
+    """The ``train.lr`` that follows ``config``'s backbone (``defaults.scratch.lr``, or
+    ``defaults.finetune.*`` for a pretrained one, as :func:`resolve_defaults`); None if unknown."""
+    try:
+        d, model = config.get("defaults"), config.get("model")
+        if d is None or model is None or not model.get("path"):
+            return None
+        from rewardjax.models import registry
+        from rewardjax.train.defaults import finetune_lr
+
+        spec = registry.resolve(model.path)
+        if spec.load_weights is None:
+            return float(d.scratch.lr)
+        lora = config.get("lora")
+        if lora is not None and lora.get("enabled", False):
+            return float(d.finetune.lora_lr)
+        return float(finetune_lr(d.finetune, spec))
+    except Exception:  # noqa: BLE001 -- only advice: fall back to lr / 10
+        return None
+
+
+def suggested_lr(lr: float, default: float | None) -> float:
+    """What a NaN stop suggests: the backbone default when ``lr`` is above it, else ``lr / 10``
+    (so following the advice converges instead of dividing a huge rate by 10 each time)."""
+    return float(default) if default and lr > default else lr / 10
+
+
 def nonfinite_error(what: str, ckpt: Checkpointer | None, failing_step: int, state, *,
                     lr: float | None, lr_key: str = "train.lr",
                     every_key: str = "train.checkpoint_every",
                     resume_key: str | None = "train.resume_step",
-                    unit: str = "step") -> NonFiniteLoss:
+                    unit: str = "step", suggest_lr: float | None = None) -> NonFiniteLoss:
     """The :class:`NonFiniteLoss` for a stop at ``failing_step``: ``what`` went wrong, which
     checkpoint is the last good one (:meth:`Checkpointer.last_good_step`) and how to resume
-    from it safely, or that there is none and the run must restart with a lower rate."""
-    lower = (f"e.g. --config.{lr_key}={lr / 10:.3g} (now {lr:.3g})" if lr
+    from it safely, or that there is none and the run must restart with a lower rate.
+    ``suggest_lr`` (default: the running config's :func:`default_lr` for ``train.lr``) is the
+    rate to suggest when ``lr`` is above it."""
+    if suggest_lr is None and lr_key == "train.lr":
+        suggest_lr = _RUN["default_lr"]
+    lower = (f"e.g. --config.{lr_key}={suggested_lr(lr, suggest_lr):.3g} (now {lr:.3g})" if lr
              else f"--config.{lr_key}=<lower>")
     if ckpt is None:
         return NonFiniteLoss(f"{what} This stage writes no checkpoint; rerun with a lower "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -10,6 +11,8 @@ import time
 
 import jax
 import numpy as np
+
+from rewardjax.train.workdir import DiskFull, is_disk_full
 
 _ILLEGAL = re.compile(r"[^A-Za-z0-9_.\-/]")
 
@@ -43,13 +46,15 @@ class MetricsWriter:
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.tb = None
+        self._tb_dir = os.path.join(workdir, "tb")
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
             if tensorboard:
                 try:
                     from tensorboardX import SummaryWriter
 
-                    self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+                    with _disk_full(self._tb_dir, "creating the TensorBoard event file"):
+                        self.tb = SummaryWriter(self._tb_dir)
                 except ImportError:  # optional
                     self.tb = None
 
@@ -57,16 +62,31 @@ class MetricsWriter:
         if not self.enabled:
             return
         row = {"step": int(step), "split": split, "time": time.time(), **to_python(metrics)}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        with _disk_full(self.path, f"appending the metrics of step {int(step)}"):
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
         if self.tb is not None:
-            for k, v in _flatten(metrics).items():
-                if isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(float(v)):
-                    self.tb.add_scalar(metric_name(f"{split}/{k}"), float(v), int(step))
+            with _disk_full(self._tb_dir, f"writing TensorBoard scalars of step {int(step)}"):
+                for k, v in _flatten(metrics).items():
+                    if isinstance(v, (int, float, np.floating, np.integer)) and \
+                            math.isfinite(float(v)):
+                        self.tb.add_scalar(metric_name(f"{split}/{k}"), float(v), int(step))
 
     def close(self) -> None:
         if self.tb is not None:
-            self.tb.close()
+            with _disk_full(self._tb_dir, "closing the TensorBoard event file"):
+                self.tb.close()
+
+
+@contextlib.contextmanager
+def _disk_full(path: str, what: str):
+    """ENOSPC (a bare ``OSError`` naming no file) -> the one-line :class:`DiskFull`."""
+    try:
+        yield
+    except OSError as e:
+        if not is_disk_full(e) or isinstance(e, DiskFull):
+            raise
+        raise DiskFull(path, f"{what}; free space and rerun") from e
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -21,6 +21,7 @@ import dataclasses
 import datetime
 import errno
 import functools
+import glob
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ import os
 import re
 import secrets
 import socket
+import sys
 import time
 
 log = logging.getLogger(__name__)
@@ -257,15 +259,29 @@ def _flatten(d, prefix: str = "") -> dict:
     return out
 
 
-def _fingerprint(path: str, budget: list[int]) -> str:
-    """sha256 over a file's (or a directory's files') names and contents while ``budget``
-    bytes last, then sizes and mtimes."""
+def _spec_files(path: str) -> tuple[list[str], str] | None:
+    """The files the loader reads for a local data spec (``rewardjax.data.io.iter_sources``: a
+    file, the record files of a directory, a glob's matches) and the base their names are
+    relative to; None if nothing is there."""
+    from rewardjax.data.io import scan_directory
+
+    if any(ch in path for ch in "*?[") and not os.path.exists(path):
+        files = []
+        for match in sorted(glob.glob(path)):
+            files += scan_directory(match)[0] if os.path.isdir(match) else [match]
+        return (files, os.path.dirname(path)) if files else None
+    if os.path.isdir(path):
+        return scan_directory(path)[0], path
+    return ([path], path) if os.path.exists(path) else None
+
+
+def _fingerprint(files: list[str], base: str, budget: list[int]) -> str:
+    """sha256 over files' names (relative to ``base``) and contents while ``budget`` bytes
+    last, then sizes and mtimes."""
     h = hashlib.sha256()
-    files = [path] if os.path.isfile(path) else sorted(
-        os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
     for f in files:
         st = os.stat(f)
-        h.update(os.path.relpath(f, path).encode() + b"\0")
+        h.update(os.fsencode(os.path.relpath(f, base)) + b"\0")
         if st.st_size <= budget[0]:
             budget[0] -= st.st_size
             with open(f, "rb") as fh:
@@ -285,9 +301,8 @@ def _data_files(config) -> dict:
         for spec in split_specs(data.get(key, "") if data is not None else ""):
             if spec.startswith(("sim:", "hf:")):
                 continue
-            path = expand(spec.partition("@")[0])
-            out[f"data.content[{spec}]"] = (_fingerprint(path, budget) if os.path.exists(path)
-                                            else "missing")
+            found = _spec_files(expand(spec.partition("@")[0]))
+            out[f"data.content[{spec}]"] = _fingerprint(*found, budget) if found else "missing"
     return out
 
 
@@ -324,9 +339,27 @@ def _has_state(workdir: str) -> bool:
     return any(n not in ignore and not n.startswith(".") for n in os.listdir(workdir))
 
 
-def check_identity(config, workdir: str, write: bool = True) -> None:
+def check_identity(config, workdir: str, write: bool = True) -> bool:
     """Refuses (before anything is written) a workdir that holds a run with other settings;
-    records the identity at the first start (and, when ``write``, after an accepted change)."""
+    records the identity at the first start (and, when ``write``, after an accepted change).
+
+    Returns True if the record of an accepted change (``train.resume_changed`` on a workdir
+    with saved state) waits: :func:`start_run` writes it once the checkpoint fits the state."""
+    record = identity_record(config, workdir)
+    if record is None:
+        return False
+    if write and record is not _DEFER:
+        write_json(os.path.join(workdir, IDENTITY_NAME), record)
+    return record is _DEFER
+
+
+_DEFER = object()
+
+
+def identity_record(config, workdir: str, defer: bool = True):
+    """The ``run_identity.json`` record to write (None: unchanged); raises
+    :class:`RunIdentityMismatch` for refused changes. An accepted change on a workdir with saved
+    state gives ``_DEFER`` when ``defer`` (the restore must show that it fits first)."""
     path = os.path.join(workdir, IDENTITY_NAME)
     now = run_identity(config)
     record = {"identity": now, "created": time.time(), "changes": []}
@@ -340,13 +373,16 @@ def check_identity(config, workdir: str, write: bool = True) -> None:
                                       "run's settings afresh") from e
         diff = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
         if not diff:
-            return
+            return None
         listed = "; ".join(f"{k}: {json.dumps(before.get(k))[:60]} -> {json.dumps(now.get(k))[:60]}"
                            for k in diff[:8]) + ("; ..." if len(diff) > 8 else "")
         train = config.get("train")
         if train is not None and train.get("resume_changed", False):
-            log.warning("train.resume_changed=True: continuing %s with changed settings: %s",
-                        workdir, listed)
+            if defer:
+                log.warning("train.resume_changed=True: continuing %s with changed settings: %s",
+                            workdir, listed)
+                if _has_state(workdir):
+                    return _DEFER
         elif _has_state(workdir):
             raise RunIdentityMismatch(
                 f"{workdir} holds a run with other settings ({path} differs in {len(diff)} "
@@ -359,8 +395,7 @@ def check_identity(config, workdir: str, write: bool = True) -> None:
     elif _has_state(workdir):
         log.info("%s has no %s (an older run); recording this run's settings", workdir,
                  IDENTITY_NAME)
-    if write:
-        write_json(path, record)
+    return record
 
 
 # ----------------------------------------------------------------------------- the run
@@ -369,34 +404,76 @@ def check_identity(config, workdir: str, write: bool = True) -> None:
 @contextlib.contextmanager
 def start_run(config, workdir: str):
     """Locks ``workdir``, checks / records the run identity, writes ``config.json``; releases
-    the lock at the end, also on errors, after waiting for checkpoints still being written."""
+    the lock at the end, also on errors, after waiting for checkpoints still being written.
+
+    With ``train.resume_changed=True`` on a workdir with saved state, the new identity and
+    ``config.json`` are written only once a checkpoint of it restores (or saves): a change the
+    checkpoint does not fit leaves the previous run's records as they were."""
     import jax
 
     from rewardjax.train import checkpoint
 
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise NotADirectoryError(f"--workdir {workdir} is an existing file, not a directory; "
+                                 "name a directory (new or a previous run's)")
     os.makedirs(workdir, exist_ok=True)
     primary = jax.process_index() == 0
     lock = WorkdirLock(workdir).acquire() if primary else None
     before = checkpoint.open_checkpointers()
-    try:
-        check_identity(config, workdir, write=primary)
-        if primary:  # eval / score / export reload the run from this
+    saved_run = dict(checkpoint._RUN)
+
+    def record():
+        if primary:
+            rec = identity_record(config, workdir, defer=False)
+            if rec is not None:
+                write_json(os.path.join(workdir, IDENTITY_NAME), rec)
+            # eval / score / export reload the run from this
             atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+
+    try:
+        deferred = check_identity(config, workdir, write=primary)
+        if deferred:
+            checkpoint._RUN["on_fit"] = record
+        elif primary:
+            atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+        checkpoint._RUN.update(default_lr=checkpoint.default_lr(config),
+                               workdir=os.path.abspath(workdir))
         yield
+        if checkpoint._RUN["on_fit"] is record:  # nothing restored or saved: write it now
+            checkpoint._RUN["on_fit"] = None
+            record()
     except BaseException:
         checkpoint.close_all(exclude=before)  # no save thread outlives the error
         raise
     finally:
+        checkpoint._RUN.update(saved_run)
         if lock is not None:
             lock.release()
 
 
+def _from_cli() -> bool:
+    """True when this process is ``python -m rewardjax.main``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return getattr(spec, "name", None) == "rewardjax.main"
+
+
 def owns_workdir(train_fn):
-    """Decorates a recipe's ``train(config, workdir, ...)`` with :func:`start_run`."""
+    """Decorates a recipe's ``train(config, workdir, ...)`` with :func:`start_run`.
+
+    On the command line a full disk ends the process at once after its one line: orbax's other
+    failed writes would otherwise print their errors at interpreter shutdown."""
 
     @functools.wraps(train_fn)
     def wrapper(config, workdir, *args, **kwargs):
-        with start_run(config, workdir):
-            return train_fn(config, workdir, *args, **kwargs)
+        try:
+            with start_run(config, workdir):
+                return train_fn(config, workdir, *args, **kwargs)
+        except DiskFull as e:
+            if not _from_cli():
+                raise
+            sys.stdout.flush()
+            sys.stderr.write(f"DiskFull: {e}\n")
+            sys.stderr.flush()
+            os._exit(1)  # the lock is released: start_run's finally ran
 
     return wrapper

@@ -289,3 +289,171 @@ def test_full_disk_at_the_end_of_training(tmp_path, monkeypatch):
     assert not os.path.exists(os.path.join(wd, "summary.json"))
     assert not os.path.exists(os.path.join(wd, ".lock"))
     assert np.isfinite(jax.tree.leaves(_saved_params(os.path.join(wd, "checkpoints"), 2))[0]).all()
+
+
+# ----------------------------------------------------------------------------- 4. probe findings
+
+
+def test_nan_advice_suggests_the_backbone_default_not_lr_over_10(tmp_path):
+    from rewardjax.train.checkpoint import default_lr, nonfinite_error, suggested_lr
+
+    cfg = _config()
+    assert default_lr(cfg) == 1e-3  # bt runlocal: defaults.scratch.lr
+    assert suggested_lr(1e30, 1e-3) == 1e-3 and suggested_lr(1e-3, 1e-3) == pytest.approx(1e-4)
+    msg = str(nonfinite_error("x.", None, 2, None, lr=1e30, suggest_lr=1e-3))
+    assert "--config.train.lr=0.001 (now 1e+30)" in msg, msg
+    # A real stop: the run's config gives the default (the loops pass only lr).
+    with pytest.raises(NonFiniteLoss) as err:
+        train(_config(lr=1e30, checkpoint_every=5), str(tmp_path / "run"))
+    assert "--config.train.lr=0.001 (now 1e+30)" in str(err.value), str(err.value)
+
+
+def test_missing_item_dir_of_the_newest_step_falls_back(tmp_path, caplog):
+    d = str(tmp_path / "ckpt")
+    state = _small_checkpoints(d, steps=(1, 2, 3))
+    import shutil
+
+    shutil.rmtree(os.path.join(d, "3", "default"))
+    caplog.set_level(logging.WARNING, logger="rewardjax")
+    ckpt = Checkpointer(d, 1)
+    out, damaged = ckpt._restore_newest(state)
+    np.testing.assert_array_equal(out["w"], np.arange(64.0) * 2)  # step 2, intact
+    assert damaged == [3]
+    assert f"checkpoint {os.path.join(d, '3')} is damaged" in caplog.text
+    ckpt.close()
+
+
+def _drop_tree_metadata_entry(step_dir):
+    path = os.path.join(step_dir, "default", "_METADATA")
+    meta = json.load(open(path))
+    meta["tree_metadata"].pop(sorted(meta["tree_metadata"])[0])
+    json.dump(meta, open(path, "w"))
+
+
+def test_damaged_metadata_of_the_newest_step_is_damage_not_a_model_change(tmp_path, caplog):
+    d = str(tmp_path / "ckpt")
+    state = _small_checkpoints(d, steps=(1, 2))
+    _drop_tree_metadata_entry(os.path.join(d, "2"))
+    caplog.set_level(logging.WARNING, logger="rewardjax")
+    ckpt = Checkpointer(d, 1)
+    out, damaged = ckpt._restore_newest(state)
+    np.testing.assert_array_equal(out["w"], np.arange(64.0))  # step 1
+    assert damaged == [2]
+    ckpt.close()
+    # Every step unfit: a genuine model change, no fallback.
+    _drop_tree_metadata_entry(os.path.join(d, "1"))
+    ckpt = Checkpointer(d, 1)
+    with pytest.raises(CheckpointMismatch, match="another model or settings"):
+        ckpt.restore(state)
+    ckpt.close()
+
+
+def test_restored_nonfinite_step_is_treated_as_damage(tmp_path, caplog):
+    # Garbled bytes in a chunk file can decode without error (the zstd stream does not always
+    # notice); the probe's run got NaN in Adam's state that way. Step 2 here holds what such a
+    # garbled file decodes to: NaN among finite values.
+    d = str(tmp_path / "ckpt")
+    state = {"w": jnp.arange(64.0), "opt": {"mu": jnp.ones((8,))}}
+    ckpt = Checkpointer(d, 1, keep=5)
+    ckpt.maybe_save(1, state)
+    ckpt.maybe_save(2, {"w": state["w"] * 2, "opt": {"mu": jnp.ones((8,)).at[3].set(jnp.nan)}})
+    ckpt.close()
+    caplog.set_level(logging.WARNING, logger="rewardjax")
+    ckpt = Checkpointer(d, 1)
+    out = ckpt.resume(state)
+    np.testing.assert_array_equal(out["w"], np.arange(64.0))  # step 1, finite
+    line = next(r.getMessage() for r in caplog.records if "damaged" in r.getMessage())
+    assert f"checkpoint {os.path.join(d, '2')} is damaged (ValueError: restored arrays hold " \
+           "NaN/inf" in line and line.endswith("falling back to step 1"), line
+    assert os.path.isdir(os.path.join(d + ".damaged", "2"))
+    ckpt.close()
+    aside = Checkpointer(d + ".damaged", 1)  # asked for by train.resume_step: refused
+    with pytest.raises(CheckpointError, match=r"resume_step=2: .* holds non-finite values"):
+        aside.resume(state, step=2)
+    aside.close()
+
+
+def test_full_disk_in_metrics_is_one_line_naming_metrics_jsonl(tmp_path):
+    from rewardjax.train.logging import MetricsWriter
+
+    w = MetricsWriter(str(tmp_path), tensorboard=False)
+    w.path = "/dev/full"  # every write: ENOSPC
+    with pytest.raises(DiskFull) as err:
+        w.write(3, "train", {"loss": 0.5})
+    assert str(err.value) == ("/dev/full: no space left on device while appending the metrics "
+                              "of step 3; free space and rerun")
+
+
+def test_full_disk_on_the_command_line_ends_the_process_after_one_line(tmp_path, monkeypatch,
+                                                                       capsys):
+    exits = []
+
+    def hard_exit(code):
+        exits.append(code)
+        raise SystemExit(code)
+
+    @wd_mod.owns_workdir
+    def recipe(config, workdir):
+        raise DiskFull(os.path.join(workdir, "checkpoints", "6"), "saving checkpoint step 6")
+
+    wd = str(tmp_path / "run")
+    with pytest.raises(DiskFull):  # from Python: raised as before
+        recipe(_config(), wd)
+    monkeypatch.setattr(wd_mod, "_from_cli", lambda: True)
+    monkeypatch.setattr(wd_mod.os, "_exit", hard_exit)
+    with pytest.raises(SystemExit):
+        recipe(_config(), wd)
+    assert exits == [1]
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"DiskFull: {wd}/checkpoints/6: no space left on device while saving checkpoint step 6")
+    assert not os.path.exists(os.path.join(wd, ".lock"))
+
+
+def test_refused_model_change_keeps_the_previous_identity(tmp_path):
+    wd = str(tmp_path / "run")
+    train(_config(steps=2, checkpoint_every=1), wd)
+    paths = [os.path.join(wd, n) for n in ("run_identity.json", "config.json")]
+    before = [open(p).read() for p in paths]
+    other = _config(steps=2, checkpoint_every=1, resume_changed=True)
+    other.model.path = other.model.path.replace("hidden_size=128", "hidden_size=64")
+    with pytest.raises(CheckpointMismatch):
+        train(other, wd)
+    assert [open(p).read() for p in paths] == before
+    assert train(_config(steps=2, checkpoint_every=1), wd)["steps"] == 2  # not refused
+
+
+def _record(path, text):
+    path.write_text(json.dumps({"prompt": "a", "chosen": text, "rejected": "c"}) + "\n")
+
+
+def test_identity_of_globs_and_directories_follows_what_the_loader_reads(tmp_path):
+    globd = tmp_path / "globd"
+    globd.mkdir()
+    _record(globd / "a.jsonl", "b")
+    cfg = _config()
+    cfg.data.train = str(globd / "*.jsonl")
+    key = f"data.content[{cfg.data.train}]"
+    first = run_identity(cfg)[key]
+    assert first.startswith("sha256:") and first.endswith("(1 file(s))"), first
+    _record(globd / "a.jsonl", "B")
+    assert run_identity(cfg)[key] != first
+
+    cfg.data.train = str(globd)
+    key = f"data.content[{cfg.data.train}]"
+    first = run_identity(cfg)[key]
+    (globd / "README.md").write_text("notes")  # files the loader skips change nothing
+    (globd / ".hidden.jsonl").write_text("x")
+    (globd / "sub").mkdir()
+    _record(globd / "sub" / "x.jsonl", "b")
+    assert run_identity(cfg)[key] == first
+    with open(os.path.join(os.fsencode(str(globd)), b"\xff.jsonl"), "w") as f:  # not UTF-8
+        f.write(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n")
+    assert run_identity(cfg)[key].endswith("(2 file(s))")
+
+
+def test_workdir_that_is_a_file_is_one_clear_line(tmp_path):
+    path = tmp_path / "afile"
+    path.write_text("x")
+    with pytest.raises(NotADirectoryError) as err:
+        train(_config(), str(path))
+    assert str(err.value).startswith(f"--workdir {path} is an existing file, not a directory")
