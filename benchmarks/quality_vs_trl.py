@@ -19,9 +19,11 @@ epoch, float32 on this CPU. Each side otherwise runs with its own documented def
 * ``rj_*``: ``configs/bt.py:data=hh,model=minilm`` with the overrides in :data:`ARMS` (``rj`` is
   today's default, ``rj_v0`` the defaults before issue 12, the others one change at a time).
 
-Every (arm, seed) runs in its own subprocess and appends one JSON line to ``--out``; finished
-ones are skipped, so an interrupted sweep resumes. The table: accuracy per evaluation set, mean
-and standard deviation over seeds, and the paired difference to TRL (same seeds).
+Every (arm, seed) runs in its own subprocess and appends one JSON line to ``--out`` (default
+``benchmarks/quality_vs_trl.jsonl``, tracked); finished ones are skipped, so an interrupted sweep
+resumes. Set ``REWARDJAX_DATA`` when running from a copy of the repository outside the project.
+The table: accuracy per evaluation set, mean and standard deviation over seeds, and the paired
+difference to TRL (same seeds).
 """
 
 from __future__ import annotations
@@ -265,7 +267,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arms", default="trl,rj_v0,rj")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--out", default=os.path.join(ROOT, "runs", "quality_vs_trl.jsonl"))
+    # Tracked, so a sweep cut short by a session's end resumes in the next one.
+    ap.add_argument("--out", default=os.path.join(HERE, "quality_vs_trl.jsonl"))
     ap.add_argument("--table_only", action="store_true")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)  # "arm:seed"
     a = ap.parse_args()
