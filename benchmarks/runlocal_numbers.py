@@ -36,7 +36,7 @@ def _flatten(x, prefix, out):
             _flatten(v, f"{prefix}[{i}]", out)
     elif isinstance(x, (int, float)) and not isinstance(x, bool):
         leaf = prefix.rsplit("/", 1)[-1]
-        if not any(t in leaf for t in TIMING):
+        if not any(t in leaf for t in TIMING) and "/seconds/" not in f"/{prefix}/":
             out[prefix] = float(x)
 
 
