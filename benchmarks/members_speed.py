@@ -35,7 +35,7 @@ ARGS = argparse.Namespace(size="small", batch=8, length=128, overrides="")
 def _run(m: int, lora: bool):
     from rewardjax.config import base_config
     from rewardjax.data.sources import load_sets
-    from rewardjax.train.setup import build_run
+    from rewardjax.runtime.setup import build_run
 
     c = base_config()
     c.model.path = SIZES[ARGS.size]
@@ -66,9 +66,9 @@ def train_variant(mode: str, m: int, steps: int) -> float:
 
     from rewardjax.data.batching import collate_pairs
     from rewardjax.data.tokenize import encode_pairs
-    from rewardjax.train.members import init_members, make_member_step
-    from rewardjax.train.members_data import member_batch
-    from rewardjax.train.state import TrainState
+    from rewardjax.runtime.members import init_members, make_member_step
+    from rewardjax.runtime.members_data import member_batch
+    from rewardjax.runtime.state import TrainState
 
     c, run, pairs = _run(m, lora=False)
     data = encode_pairs(pairs, run.encoder)
@@ -78,7 +78,7 @@ def train_variant(mode: str, m: int, steps: int) -> float:
     stacked = {k: np.stack([b[k] for b in per]) for k in per[0]}
     state, hypers = init_members(run, m)
     if mode == "vmap":
-        from rewardjax.train.members_data import place_members
+        from rewardjax.runtime.members_data import place_members
 
         step = make_member_step(run, dropout=False)
         batch = place_members(run, stacked)

@@ -1,7 +1,7 @@
 """Largest model and sequence length whose training step fits in this machine's memory.
 
 For every candidate (a Llama-family size ladder x sequence length x remat policy) the real
-rewardjax Bradley-Terry train step (``rewardjax.train.step.make_train_step``: AdamW, clipping,
+rewardjax Bradley-Terry train step (``rewardjax.runtime.step.make_train_step``: AdamW, clipping,
 donated state, one pair = two sequences a step) is lowered on abstract arguments and compiled,
 and XLA's buffer assignment gives the bytes the step needs::
 
@@ -117,11 +117,11 @@ def abstract_step(config):
 
     from rewardjax.models import registry
     from rewardjax.models.reward_model import build_reward_model
+    from rewardjax.runtime.optim import make_optimizer
+    from rewardjax.runtime.setup import dtype_of, mesh_and_rules, reward_backbone_spec
+    from rewardjax.runtime.state import TrainState, count_params, split_model
+    from rewardjax.runtime.step import batch_shardings, make_train_step
     from rewardjax.sharding import state_shardings
-    from rewardjax.train.optim import make_optimizer
-    from rewardjax.train.setup import dtype_of, mesh_and_rules, reward_backbone_spec
-    from rewardjax.train.state import TrainState, count_params, split_model
-    from rewardjax.train.step import batch_shardings, make_train_step
 
     mesh, rules = mesh_and_rules(config)
     spec = reward_backbone_spec(config, registry.resolve(config.model.path))
@@ -213,7 +213,7 @@ def verify_child(request: dict) -> dict:
     import jax
 
     from rewardjax.data.records import Pair
-    from rewardjax.train.setup import build_run
+    from rewardjax.runtime.setup import build_run
 
     jax.devices()
     runtime_kib = _status_kib("VmRSS")

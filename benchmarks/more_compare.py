@@ -73,8 +73,8 @@ def table(results: dict[str, dict]) -> str:
 
 def main(argv):
     del argv
-    from rewardjax.train.logging import to_python
-    from rewardjax.train.more import train_more  # not rewardjax.main: it defines --config too
+    from rewardjax.recipes.more import train_more  # not rewardjax.main: it defines --config too
+    from rewardjax.runtime.logging import to_python
 
     base = _CONFIG.value
     results = {}

@@ -41,7 +41,7 @@ def build(args):
     from rewardjax.config import base_config
     from rewardjax.data.sources import load_train_pairs
     from rewardjax.data.tokenize import encode_pairs
-    from rewardjax.train.setup import build_run
+    from rewardjax.runtime.setup import build_run
 
     c = base_config()
     c.model.path = args.model

@@ -91,7 +91,7 @@ def run_rewardjax(path, seqs, batch_size, steps, warmup, length, setting, *, ove
     from rewardjax.data.batching import BatchPlan, collate_pairs, default_buckets
     from rewardjax.data.records import Pair
     from rewardjax.data.tokenize import Encoded, EncodedPairs, TruncationStats
-    from rewardjax.train.setup import build_run
+    from rewardjax.runtime.setup import build_run
 
     c = base_config()
     c.model.path = path

@@ -50,7 +50,7 @@ def get_config(arg=None):
     d.phase1_steps = 0  # 0: train.steps / #categories (each task RM sees its data as often as
     # the single RM sees all of it: the same number of pairs in total)
     d.phase1_init = "backbone"  # backbone (DESIGN: the pretrained backbone) | single (the RM)
-    d.capability_labels = "ratings"  # see rewardjax.train.dmoerm_data.LABELERS
+    d.capability_labels = "ratings"  # see rewardjax.recipes.dmoerm.data.LABELERS
     # Verbosity is the simulator's length trap, not a capability point.
     d.exclude_capabilities = "verbosity"
     d.lora_rank = 32  # phase 2 (DESIGN §3): q/v, rank 32, alpha 32, dropout 0.05

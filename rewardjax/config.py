@@ -111,7 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.debug_kill_at_step = 0  # testing: SIGKILL the process after this step
 
     # What unset train.lr / train.warmup_steps / model.max_length / model.pooling=auto become
-    # (rewardjax.train.defaults): recipes set `scratch` for their embedded random model; a
+    # (rewardjax.runtime.defaults): recipes set `scratch` for their embedded random model; a
     # pretrained model.path gets `finetune`, so a recipe's from-scratch rate never hits it.
     c.defaults = ml_collections.ConfigDict()
     c.defaults.scratch = ml_collections.ConfigDict(

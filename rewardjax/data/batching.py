@@ -155,3 +155,56 @@ def collate_single(
         "token_type_ids": types,
         "index": np.asarray([-1 if i is None else int(i) for i in idx], np.int64),
     }
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def prompt_positions(seqs: Sequence[Encoded], indices, length: int, batch_size: int,
+                     left: bool = False) -> np.ndarray:
+    """``[B]`` position of each row's last prompt token in a batch padded to ``length``
+    (shifted like the row when padding is on the left); -1 for prompt-less and filler rows."""
+    out = np.full((batch_size,), -1, np.int32)
+    for row, i in enumerate(indices):
+        s = seqs[i]
+        if s.response_start > 0:
+            out[row] = (length - len(s.ids) if left else 0) + s.response_start - 1
+    return out
+
+
+def map_batches(fn, seqs: Sequence[Encoded], *, batch_size: int, buckets: Sequence[int],
+                pad_id: int, left: bool = False, batch_axis: int = 0,
+                with_prompt_index: bool = False) -> list[np.ndarray]:
+    """``fn(batch)`` over length-bucketed, fixed-size batches of ``seqs``, its outputs put back
+    in input order: the one "bucket, call, scatter back" loop every scorer uses.
+
+    Args:
+      fn: ``batch -> array or tuple of arrays``, each with the batch along ``batch_axis``; the
+        batch holds :data:`MODEL_INPUTS` ``[B, L]`` (and ``prompt_index [B]`` if asked).
+      seqs: encoded sequences, any order and lengths.
+      batch_size, buckets: every call sees ``[batch_size, bucket]`` arrays (one compilation per
+        bucket), the last batch of a bucket filled with padding rows.
+      pad_id, left: the padding token and side.
+
+    Returns:
+      One numpy array per output of ``fn``, ``[len(seqs), ...]`` with ``batch_axis`` moved back
+      where ``fn`` had it; ``[]`` when ``seqs`` is empty.
+    """
+    if not seqs:
+        return []
+    plan = BatchPlan([len(s.ids) for s in seqs], batch_size, tuple(buckets), shuffle=False)
+    outs = None
+    for length, idx in plan.epoch(0):
+        batch = collate_single(seqs, idx, length, batch_size, pad_id, left)
+        inputs = {k: batch[k] for k in MODEL_INPUTS}
+        if with_prompt_index:
+            inputs["prompt_index"] = prompt_positions(seqs, idx, length, batch_size, left)
+        res = fn(inputs)
+        res = res if isinstance(res, (tuple, list)) else (res,)
+        res = [np.moveaxis(np.asarray(x), batch_axis, 0) for x in res]
+        if outs is None:
+            outs = [np.zeros((len(seqs),) + r.shape[1:], r.dtype) for r in res]
+        real = batch["index"] >= 0  # filler rows pad the last batch of a bucket
+        for o, r in zip(outs, res):
+            o[batch["index"][real]] = r[real]
+    return [np.moveaxis(o, 0, batch_axis) for o in outs]

@@ -3,7 +3,7 @@
 ArmoRM (DESIGN §3) never trains the backbone, so its features are computed once and reused by
 stage 1 (regression), the debiasing and stage 2 (gate), and by every later run with the same
 backbone and texts. What the two vectors per sequence (``response`` and ``prompt``) are, and
-the backbone pass that computes them, is :class:`rewardjax.train.features.BackboneFeatures`;
+the backbone pass that computes them, is :class:`rewardjax.runtime.features.BackboneFeatures`;
 this module only keys, stores and reads them (no network runs here).
 
 Cache files are ``<cache_dir>/<key>.npz`` (+ a ``.json`` with what the key covers), ``key`` a

@@ -204,7 +204,7 @@ def aggregate_scores(scores: jax.Array, sizes: jax.Array, *, lam: float | jax.Ar
 
     Args:
       scores: ``[G, N]`` (one prompt) or ``[G, P, N]`` (P prompts): group ``g``'s reward model
-        on each candidate, e.g. from ``rewardjax.eval.runner.score_encoded``.
+        on each candidate, e.g. from ``rewardjax.runtime.scoring.score_encoded``.
       sizes: group sizes ``[G]`` (raw counts, not shares).
       lam: KL regularisation strength.
       pi_init: reference distribution ``[N]`` or ``[P, N]`` (e.g. the SFT policy's normalised

@@ -277,23 +277,6 @@ def evaluate(score_fn: ScoreFn, records: Sequence[Record], version: int,
     return v2_report(records, scores)
 
 
-def run_scorer(run, state, config) -> ScoreFn:
-    """A :data:`ScoreFn` over a trained run (its encoder, buckets and ``eval.batch_size``)."""
-    from rewardjax.eval.runner import score_encoded
-
-    def score(items):
-        seqs = []
-        for i, (prompt, text) in enumerate(items):
-            e = run.encoder.encode(prompt, text)
-            if e is None:
-                raise ValueError(f"text {i} was dropped by data.truncation='drop'; RewardBench "
-                                 "needs every response scored (use keep_end)")
-            seqs.append(e)
-        return score_encoded(run, state, seqs, config)
-
-    return score
-
-
 # ----------------------------------------------------------------------------- offline records
 
 
@@ -348,45 +331,3 @@ def build_offline(data_root: str, out_dir: str, v2_limit: int = 0) -> dict[int, 
     write_jsonl(offline_v1(data_root), paths[1], 1)
     write_jsonl(offline_v2(data_root, v2_limit), paths[2], 2)
     return paths
-
-
-def run_rewardbench(config, workdir: str, *, source: str = "offline", v2_limit: int = 200,
-                    out: str | None = None) -> dict:
-    """Scores the trained run in ``workdir`` on RewardBench v1 and v2 (a ``rewardbench`` mode).
-
-    Args:
-      config, workdir: as for ``eval`` mode (the newest checkpoint is restored).
-      source: ``"offline"`` (records built from ``$REWARDJAX_DATA``) or ``"hub"``.
-      v2_limit: offline best-of-4 records to build (0: all).
-      out: the JSON report's path (default ``<workdir>/rewardbench.json``).
-
-    Returns:
-      ``{"v1": report, "v2": report}``.
-    """
-    import tempfile
-
-    from rewardjax.data.sources import data_root
-    from rewardjax.eval.modes import NATIVE_RECIPES, check_recipe, load_native_workdir, load_trained
-
-    check_recipe(config, "rewardbench")
-    if config.recipe in NATIVE_RECIPES:  # ArmoRM: its gated reward, through the native export
-        native = load_native_workdir(config, workdir)
-        bs = int(config.eval.batch_size)
-
-        def score(items):
-            return native.score([p for p, _ in items], [t for _, t in items], bs)["reward"]
-    else:
-        run = load_trained(config, workdir)
-        score = run_scorer(run, run.state, config)
-    if source == "hub":
-        sets = {1: load(1), 2: load(2)}
-    elif source == "offline":
-        with tempfile.TemporaryDirectory() as tmp:
-            paths = build_offline(data_root(), tmp, v2_limit=v2_limit)
-            sets = {v: load(v, p) for v, p in paths.items()}
-    else:
-        raise ValueError(f"source must be offline or hub, got {source!r}")
-    reports = {f"v{v}": evaluate(score, records, v) for v, records in sets.items()}
-    with open(out or os.path.join(workdir, "rewardbench.json"), "w") as f:
-        json.dump(reports, f, indent=2)
-    return reports

@@ -9,7 +9,7 @@
 
 This package stands on models, heads, lora, ensembles and data (tokenize, batching); it never
 imports train, eval, rl, judge or main. The ``export`` mode, which restores a workdir and picks a
-format, is :mod:`rewardjax.eval.export_mode`.
+format, is :mod:`rewardjax.modes.export`.
 """
 
 from rewardjax.export.hf_export import (

@@ -203,7 +203,7 @@ def export_hf(run, state, out_dir: str, *, normalisation: dict | None = None,
     """Writes ``state`` of ``run`` as an HF sequence-classification checkpoint.
 
     Args:
-      run: a :class:`rewardjax.train.setup.Run` (its graph, backbone spec and tokenizer).
+      run: a :class:`rewardjax.runtime.setup.Run` (its graph, backbone spec and tokenizer).
       state: the :class:`TrainState` to export (e.g. ``run.state`` after training/restoring).
       out_dir: created if needed; ``model.safetensors``, ``config.json`` and tokenizer files.
       normalisation: optional ``{"mean", "std"[, "count", "data"]}`` of rewardjax rewards

@@ -39,10 +39,10 @@ Manifest (``format: "rewardjax-native"``, ``version: 1``)::
     normalisation, meta: free-form, optional
 
 Prompt features (``combine["prompt_feature"]``): ``"armorm"``, the gate input of
-``rewardjax.train.features`` (decoders: the hidden state at the prompt's last token of the same
+``rewardjax.runtime.features`` (decoders: the hidden state at the prompt's last token of the same
 sequence; encoders: the pooled feature of a second pass over the prompt-only prefix), default
 for the gate; ``"prefix_mean"``, the mean hidden state of a pass over the prompt-only prefix
-(``rewardjax.train.dmoerm_data.prompt_features``), default for the router.
+(``rewardjax.recipes.dmoerm.data.prompt_features``), default for the router.
 """
 
 from __future__ import annotations

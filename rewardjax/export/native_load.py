@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rewardjax.data.batching import BatchPlan, collate_single, default_buckets
+from rewardjax.data.batching import default_buckets, map_batches
 from rewardjax.data.features import prompt_prefix
 from rewardjax.data.tokenize import SequenceEncoder
 from rewardjax.export.native import FORMAT, MANIFEST, TENSORS, VERSION
@@ -107,26 +107,15 @@ class NativeModel:
         enc = self.manifest["encoding"]
         left = enc.get("padding_side", "right") == "left"
         max_len = max(int(enc.get("max_length", 0)), max(len(s.ids) for s in seqs))
-        plan = BatchPlan([len(s.ids) for s in seqs], batch_size, default_buckets(max_len),
-                         shuffle=False)
-        outs = None
-        for length, idx in plan.epoch(0):
-            batch = collate_single(seqs, idx, length, batch_size, self.tokenizer.pad_token_id,
-                                   left)
-            pidx = np.full((batch_size,), -1, np.int32)
-            for row, i in enumerate(idx):
-                s = seqs[i]
-                if s.response_start > 0:
-                    pidx[row] = (length - len(s.ids) if left else 0) + s.response_start - 1
-            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-            res = [np.asarray(x) for x in jax.device_get(
-                _forward(graphdef, state, inputs, pidx, pooling))]
-            if outs is None:
-                outs = [np.zeros((len(seqs),) + x.shape[1:], np.float32) for x in res]
-            real = batch["index"] >= 0
-            for o, x in zip(outs, res):
-                o[batch["index"][real]] = x[real]
-        return outs
+
+        def fn(batch):
+            pidx = batch.pop("prompt_index")
+            return _forward(graphdef, state, batch, pidx, pooling)
+
+        outs = map_batches(fn, seqs, batch_size=batch_size, buckets=default_buckets(max_len),
+                           pad_id=self.tokenizer.pad_token_id, left=left,
+                           with_prompt_index=True)
+        return [o.astype(np.float32) for o in outs]
 
     def _prompt_features(self, member: int, seqs, zp, batch_size: int, kind: str):
         """``[N, D]`` prompt features of one member (``kind``: see

@@ -39,7 +39,7 @@ class PoolerHead(nnx.Module):
     token's feature ``z`` (``BertForSequenceClassification`` without dropout).
 
     ``dense`` starts from the checkpoint's pretrained pooler when there is one (see
-    ``rewardjax.train.setup.load_pretrained``), so the model is the one TRL trains and exports
+    ``rewardjax.runtime.setup.load_pretrained``), so the model is the one TRL trains and exports
     exactly to ``transformers``.
 
     Args:

@@ -20,7 +20,7 @@ from rewardjax.judge.base import (
     swap,
 )
 from rewardjax.judge.http import HTTPJudge, Secret, endpoint
-from rewardjax.judge.local import PromptedLMJudge, RewardModelJudge, run_scorer
+from rewardjax.judge.local import PromptedLMJudge, RewardModelJudge
 
 __all__ = [
     "CAPABILITY_DESCRIPTIONS",
@@ -38,6 +38,5 @@ __all__ = [
     "judge_messages",
     "label_pairs",
     "parse_verdict",
-    "run_scorer",
     "swap",
 ]

@@ -1,7 +1,7 @@
 """Judges that run here: a trained reward model, or a causal LM prompted to pick A or B.
 
 * :class:`RewardModelJudge` scores both responses with a reward model (any ``Run`` + state from
-  ``rewardjax.train.setup``, scored in length buckets by ``rewardjax.eval.runner``) and prefers
+  ``rewardjax.runtime.setup``, scored in length buckets by ``rewardjax.runtime.scoring``) and prefers
   the higher score. It is order-free by construction, so both orders always agree; it is the
   judge to use when a trusted capability reward model already exists (one per capability).
 * :class:`PromptedLMJudge` renders :func:`~rewardjax.judge.base.judge_messages` with the LM's
@@ -42,40 +42,21 @@ def _verdicts(diff: np.ndarray, margin: float) -> list[str | None]:
     return out
 
 
-def run_scorer(run, state, config) -> Scorer:
-    """A :data:`Scorer` for a reward model ``run`` (``build_run``) with parameters ``state``.
-
-    Sequences the run's truncation policy drops get NaN (the judge answers None for them).
-    """
-    from rewardjax.eval.runner import score_encoded
-
-    def score(items):
-        encoded = [run.encoder.encode(list(prompt), response) for prompt, response in items]
-        keep = [i for i, e in enumerate(encoded) if e is not None]
-        out = np.full((len(items),), np.nan, np.float32)
-        out[keep] = score_encoded(run, state, [encoded[i] for i in keep], config)
-        return out
-
-    return score
-
-
 class RewardModelJudge:
     """Prefers the response a reward model scores higher.
 
     Args:
       scorer: a :data:`Scorer` used for every capability, or a mapping capability -> scorer
         (e.g. one capability reward model each); a capability without a scorer is an error.
+        A trained reward model's is ``rewardjax.runtime.scorer.Scorer.score_items`` (NaN, an
+        invalid verdict, where the truncation policy drops a response), e.g.
+        ``RewardModelJudge(recipes.get(config.recipe).load_scorer(config, workdir).score_items)``.
       margin: score differences within ``±margin`` are ties.
     """
 
     def __init__(self, scorer: Scorer | Mapping[str, Scorer], *, margin: float = 0.0):
         self.scorer = scorer
         self.margin = float(margin)
-
-    @classmethod
-    def from_run(cls, run, state, config, *, margin: float = 0.0) -> RewardModelJudge:
-        """A judge from a trained run (e.g. ``build_run`` + a restored checkpoint state)."""
-        return cls(run_scorer(run, state, config), margin=margin)
 
     def _scorer(self, capability: str) -> Scorer:
         if not isinstance(self.scorer, Mapping):

@@ -3,7 +3,7 @@
 import pytest
 
 from rewardjax.data.features import backbone_fingerprint, feature_key
-from tests.train.helpers import load_recipe
+from tests.runtime.helpers import load_recipe
 
 
 def test_feature_key_covers_texts_order_and_fingerprint():

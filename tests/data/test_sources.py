@@ -142,7 +142,7 @@ def test_margins_with_use_data_margin_off_warn_naming_the_flag(tmp_path, caplog)
                      {"prompt": "q2", "chosen": "e", "rejected": "f"}])
     report = {}
     load_train_pairs(dict_cfg(_cfg(), train=path), report=report)
-    log = logging.getLogger("rewardjax.train.loop")
+    log = logging.getLogger("rewardjax.recipes.bt")
     with caplog.at_level(logging.WARNING):
         if warning := margin_warning(report, use_data_margin=False):
             log.warning(warning)

@@ -10,7 +10,8 @@ import pytest
 from rewardjax.config import base_config
 from rewardjax.data.records import Pair
 from rewardjax.eval import rewardbench as rb
-from rewardjax.train.setup import build_run
+from rewardjax.runtime.scorer import ModelScorer
+from rewardjax.runtime.setup import build_run
 from tests.conftest import data_dir
 
 
@@ -112,7 +113,10 @@ def test_scores_identical_at_any_batch_size(tmp_path):
     results = []
     for bs in (1, 3, 8):
         c.eval.batch_size = bs
-        base = rb.run_scorer(run, run.state, c)
+        scorer = ModelScorer.of(run, batch_size=bs)
+
+        def base(items, scorer=scorer):
+            return scorer.score(*zip(*items))["reward"]
 
         def fn(items, base=base):
             calls.append(len(items))

@@ -12,11 +12,11 @@ from flax import nnx
 from rewardjax.config import base_config
 from rewardjax.data.records import Pair
 from rewardjax.data.tokenize import encode_pairs
-from rewardjax.eval.runner import score_encoded
 from rewardjax.export import hf_export
 from rewardjax.models import registry
 from rewardjax.models.reward_model import build_reward_model
-from rewardjax.train.setup import build_run
+from rewardjax.runtime.scorer import ModelScorer
+from rewardjax.runtime.setup import build_run
 
 LLAMA = "random:llama?hidden_size=32&num_layers=2&num_heads=4&num_kv_heads=2&intermediate_size=48"
 QWEN2 = "random:qwen2?hidden_size=32&num_layers=2&num_heads=4&num_kv_heads=2&intermediate_size=48"
@@ -117,7 +117,7 @@ def test_decoder_export_matches_torch(tmp_path, built, name, padding):
     config = config.copy_and_resolve_references()
     config.data.padding_side = padding  # HF finds the last non-pad token on either side
     state = _perturbed(run)
-    ours = score_encoded(run, state, seqs, config)
+    ours = ModelScorer.of(run, state).rewards(seqs)
     bias = _head_bias(state)
     assert abs(bias) > 1e-3  # the offset is actually exercised
     out = hf_export.export_hf(run, state, str(tmp_path / "hf"), drop_bias=True,
@@ -142,7 +142,7 @@ def test_llama_head_bias_is_refused_not_shifted(tmp_path, built, caplog):
     assert "bias 0.75" in message and "export.drop_bias=True" in message
     assert not (tmp_path / "refused").exists()  # nothing half-written
 
-    ours = score_encoded(run, state, seqs, config)
+    ours = ModelScorer.of(run, state).rewards(seqs)
     with caplog.at_level(logging.WARNING, logger="rewardjax.export.hf_export"):
         out = hf_export.export_hf(run, state, str(tmp_path / "dropped"), drop_bias=True)
     assert "dropping the head's bias 0.75" in caplog.text
@@ -156,7 +156,7 @@ def test_llama_head_bias_is_refused_not_shifted(tmp_path, built, caplog):
     exact = _with_head_bias(state, 0.0)
     out = hf_export.export_hf(run, exact, str(tmp_path / "exact"))  # drop_bias not needed
     theirs, _ = _torch_scores(out, seqs, run.tokenizer.pad_token_id)
-    np.testing.assert_allclose(theirs, score_encoded(run, exact, seqs, config), atol=1e-4,
+    np.testing.assert_allclose(theirs, ModelScorer.of(run, exact).rewards(seqs), atol=1e-4,
                                rtol=1e-4)
     assert hf_export.read_rewardjax_block(out)["dropped_bias"] == 0.0
 
@@ -164,7 +164,7 @@ def test_llama_head_bias_is_refused_not_shifted(tmp_path, built, caplog):
 def test_bert_cls_export_matches_torch(tmp_path, built):
     config, run, seqs = built("bert")
     state = _perturbed(run, seed=1)
-    ours = score_encoded(run, state, seqs, config)
+    ours = ModelScorer.of(run, state).rewards(seqs)
     out = hf_export.export_hf(run, state, str(tmp_path / "hf"))
     theirs, model = _torch_scores(out, seqs, run.tokenizer.pad_token_id)
     assert _head_bias(state) != 0.0
@@ -197,7 +197,7 @@ def test_pooler_scale_bounds_every_layernorm_output():
 def test_lora_merged_export_equals_unmerged_scores(tmp_path, built):
     config, run, seqs = built("lora")
     state = _perturbed(run, seed=2)  # lora_b moved off zero: the adapters change the scores
-    unmerged = score_encoded(run, state, seqs, config)
+    unmerged = ModelScorer.of(run, state).rewards(seqs)
     out = hf_export.export_hf(run, state, str(tmp_path / "hf"), drop_bias=True)
     theirs, _ = _torch_scores(out, seqs, run.tokenizer.pad_token_id)
     offset = hf_export.read_rewardjax_block(out)["logit_offset"]
@@ -205,13 +205,13 @@ def test_lora_merged_export_equals_unmerged_scores(tmp_path, built):
     # The adapters matter: with B = 0 the scores differ.
     zeroed = jax.tree_util.tree_map_with_path(
         lambda p, x: x * 0 if "lora_b" in jax.tree_util.keystr(p) else x, state.params)
-    base = score_encoded(run, state._replace(params=zeroed), seqs, config)
+    base = ModelScorer.of(run, state._replace(params=zeroed)).rewards(seqs)
     assert np.max(np.abs(base - unmerged)) > 1e-3
 
 
 def test_config_json_has_normalisation_and_tokenizer(tmp_path, built):
     config, run, seqs = built("llama")
-    rewards = score_encoded(run, run.state, seqs, config)
+    rewards = ModelScorer.of(run, run.state).rewards(seqs)
     stats = hf_export.reward_statistics(rewards, data="unit")
     out = hf_export.export_hf(run, run.state, str(tmp_path / "hf"), normalisation=stats)
     with open(f"{out}/config.json") as f:
@@ -255,7 +255,7 @@ def test_bert_pooler_export_is_a_weight_copy(tmp_path):
     config = _config(BERT, pooling="pooler")
     run, seqs = _build(tmp_path, config)
     state = _perturbed(run, seed=2)
-    ours = score_encoded(run, state, seqs, config)
+    ours = ModelScorer.of(run, state).rewards(seqs)
     out = hf_export.export_hf(run, state, str(tmp_path / "hf"))
     theirs, model = _torch_scores(out, seqs, run.tokenizer.pad_token_id)
     np.testing.assert_allclose(theirs, ours, atol=1e-5, rtol=1e-5)
@@ -280,7 +280,7 @@ def test_pooler_head_starts_from_the_checkpoint_pooler_and_matches_transformers(
     pooler = hf.bert_pooler_from_hf(hf.load_tensors(path))
     np.testing.assert_array_equal(np.asarray(head["dense_kernel"][...]), pooler["dense_kernel"])
     np.testing.assert_array_equal(np.asarray(head["dense_bias"][...]), pooler["dense_bias"])
-    ours = score_encoded(run, run.state, seqs, config)
+    ours = ModelScorer.of(run, run.state).rewards(seqs)
     model = transformers.BertForSequenceClassification.from_pretrained(path, num_labels=1).eval()
     with torch.no_grad():
         model.classifier.weight.copy_(torch.tensor(np.asarray(head["out"]["kernel"][...]).T))

@@ -13,7 +13,6 @@ from rewardjax.config import base_config
 from rewardjax.data.batching import collate_single
 from rewardjax.data.tokenize import SequenceEncoder, build_wordlevel_tokenizer, encode_pairs
 from rewardjax.ensembles.predictions import combine
-from rewardjax.eval.runner import score_encoded
 from rewardjax.export import load_native, merged_model
 from rewardjax.export import native as nx
 from rewardjax.heads.gating import ArmoRMHead, build_gate
@@ -23,8 +22,9 @@ from rewardjax.lora import LoRAConfig, apply_lora, lora_state, split_lora, stack
 from rewardjax.lora.stacked import score_experts
 from rewardjax.models import registry
 from rewardjax.models.reward_model import build_reward_model
-from rewardjax.train.features import BackboneFeatures
-from rewardjax.train.setup import build_run
+from rewardjax.runtime.features import BackboneFeatures
+from rewardjax.runtime.scorer import ModelScorer
+from rewardjax.runtime.setup import build_run
 from tests.export.test_hf_export import PAIRS
 
 BERT = "random:bert?hidden_size=32&num_layers=2&num_heads=4&intermediate_size=48"
@@ -62,7 +62,7 @@ def test_scalar_mean_pooled_encoder_roundtrip(tmp_path, bert_run):
     out = nx.save_run(run, run.state, str(tmp_path / "native"), normalisation={"mean": 1.0})
     loaded = load_native(out)
     assert loaded.kind == "scalar" and loaded.manifest["pooling"] == "mean"
-    want = score_encoded(run, run.state, seqs, config)
+    want = ModelScorer.of(run, run.state).rewards(seqs)
     np.testing.assert_allclose(loaded.score_encoded(seqs, batch_size=3)["reward"], want,
                                atol=1e-6, rtol=1e-6)
     # From text, through the saved tokenizer and encoder settings.
@@ -110,7 +110,7 @@ def test_ensemble_combines_members_and_stores_shared_tensors_once(tmp_path, bert
     assert size < 1.1 * os.path.getsize(os.path.join(single, nx.TENSORS))  # backbone once
     loaded = load_native(out)
     got = loaded.score_encoded(seqs)
-    per_member = np.stack([score_encoded(run, s, seqs, config) for s in states])
+    per_member = np.stack([ModelScorer.of(run, s).rewards(seqs) for s in states])
     np.testing.assert_allclose(got["members"], per_member, atol=1e-6)
     np.testing.assert_allclose(got["reward"], np.asarray(combine(per_member, "uwo", lam=0.5)),
                                atol=1e-6)
@@ -225,4 +225,4 @@ def test_pooler_head_roundtrip(tmp_path):
     loaded = load_native(out)
     assert loaded.manifest["pooling"] == "pooler"
     np.testing.assert_allclose(loaded.score_encoded(seqs, batch_size=3)["reward"],
-                               score_encoded(run, run.state, seqs, c), atol=1e-6, rtol=1e-6)
+                               ModelScorer.of(run, run.state).rewards(seqs), atol=1e-6, rtol=1e-6)

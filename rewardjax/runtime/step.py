@@ -1,0 +1,181 @@
+"""Pure, jitted steps: one Bradley-Terry training step and batched scoring."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from rewardjax.losses.bradley_terry import bradley_terry_loss
+from rewardjax.runtime.state import TrainState
+from rewardjax.sharding import axis_rules, logical_to_spec
+
+
+def pair_rewards(model, batch: dict[str, jax.Array], dropout_rng=None):
+    """Rewards of chosen and rejected, each ``[B]``.
+
+    An unpacked batch (``[B, 2, L]`` arrays) runs one forward over ``[2B, L]`` rows. A packed
+    batch (it has ``segment_ids``; see ``rewardjax.data.packing``) runs one forward over its
+    ``[R, L]`` rows, scores every slot ``[R, S]`` and picks each pair's two slots by its
+    ``(row, slot)`` indices.
+    """
+    if "segment_ids" in batch:
+        return packed_pair_rewards(model, batch, dropout_rng)
+    b, two, length = batch["input_ids"].shape
+    flat = {
+        k: batch[k].reshape(b * two, length)
+        for k in ("input_ids", "attention_mask", "token_type_ids")
+    }
+    r = model(
+        flat["input_ids"],
+        flat["attention_mask"],
+        token_type_ids=flat["token_type_ids"],
+        dropout_rng=dropout_rng,
+    )  # [2B]
+    r = r.reshape(b, two)
+    return r[:, 0], r[:, 1]
+
+
+def packed_pair_rewards(model, batch: dict[str, jax.Array], dropout_rng=None):
+    """``(r_chosen [B], r_rejected [B])`` from a packed batch."""
+    if not hasattr(model, "packed_rewards"):
+        raise TypeError(f"{type(model).__name__} cannot score packed batches (no packed_rewards)")
+    r = model.packed_rewards(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["segment_ids"],
+        num_segments=batch["segment_lengths"].shape[1],  # static S
+        token_type_ids=batch["token_type_ids"],
+        dropout_rng=dropout_rng,
+    )  # [R, S]
+    ci, ri = batch["chosen_index"], batch["rejected_index"]  # [B, 2] (row, slot)
+    return r[ci[:, 0], ci[:, 1]], r[ri[:, 0], ri[:, 1]]
+
+
+def real_tokens(batch: dict[str, jax.Array]) -> jax.Array:
+    """Non-padding tokens of the real (weight > 0) pairs of a packed or unpacked batch."""
+    if "segment_ids" in batch:  # filler pairs are never packed
+        return jnp.sum(batch["attention_mask"])
+    return jnp.sum(batch["attention_mask"] * batch["weights"][:, None, None])
+
+
+HOST_ONLY_KEYS = ("index",)  # bookkeeping that stays on the host
+
+
+def batch_shardings(mesh, rules, batch_like: dict[str, Any]):
+    """Batch arrays are split over the ``batch`` logical axis (data and fsdp mesh axes)."""
+
+    def one(x):
+        names = ("batch",) + (None,) * (len(x.shape) - 1)
+        return NamedSharding(mesh, logical_to_spec(names, rules, mesh, x.shape))
+
+    return {k: one(v) for k, v in batch_like.items() if k not in HOST_ONLY_KEYS}
+
+
+def batch_axis_size(mesh, rules) -> int:
+    """How many ways the ``batch`` logical axis is split on ``mesh`` (rows must divide by it)."""
+    spec = logical_to_spec(("batch",), rules, mesh)
+    axes = spec[0] if len(spec) else None
+    if axes is None:
+        return 1
+    axes = (axes,) if isinstance(axes, str) else axes
+    return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def place_batch(batch: dict[str, np.ndarray], mesh, rules) -> dict[str, jax.Array]:
+    """Places a global host batch on the mesh; with several hosts each feeds its own rows."""
+    n, pid = jax.process_count(), jax.process_index()
+    out = {}
+    for k, sh in batch_shardings(mesh, rules, batch).items():
+        x = batch[k]
+        if n > 1:
+            rows = x.shape[0] // n
+            local = x[pid * rows : (pid + 1) * rows]
+            out[k] = jax.make_array_from_process_local_data(sh, local, x.shape)
+        else:
+            out[k] = jax.device_put(x, sh)
+    return out
+
+
+def make_train_step(
+    graphdef,
+    tx: optax.GradientTransformation,
+    loss_cfg,
+    *,
+    mesh,
+    rules,
+    state_shardings,
+    dropout: bool = True,
+    trace_guard=None,
+) -> Callable:
+    """Returns ``train_step(state, batch) -> (state, metrics)``, jitted with donation.
+
+    The step's rng is ``fold_in(state.rng, state.step)`` so it depends only on the step number
+    (exact resume). A non-finite loss or gradient leaves params and optimizer state unchanged
+    and reports ``finite = 0`` so the loop can stop with the last good state.
+    """
+
+    def step(state: TrainState, batch):
+        with axis_rules(mesh, rules):
+            rng = jax.random.fold_in(state.rng, state.step)
+
+            def loss_fn(params):
+                model = nnx.merge(graphdef, params, state.frozen)
+                rc, rr = pair_rewards(model, batch, rng if dropout else None)
+                margin = loss_cfg.margin + (batch["margin"] if loss_cfg.use_data_margin else 0.0)
+                return bradley_terry_loss(
+                    rc,
+                    rr,
+                    margin=margin,
+                    center_coef=loss_cfg.center_coef,
+                    weights=batch["weights"],
+                )
+
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            grad_norm = optax.global_norm(grads)
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+            new_state = TrainState(
+                step=state.step + 1,
+                params=keep(params, state.params),
+                frozen=state.frozen,
+                opt_state=keep(opt_state, state.opt_state),
+                rng=state.rng,
+            )
+            metrics = dict(
+                metrics,
+                grad_norm=grad_norm,
+                finite=finite.astype(jnp.float32),
+                real_tokens=real_tokens(batch),
+            )
+            return new_state, metrics
+
+    if trace_guard is not None:  # e.g. chex.assert_max_traces(n=1) in tests
+        step = trace_guard(step)
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, None),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
+
+
+def make_score_fn(graphdef, *, mesh, rules) -> Callable:
+    """Returns ``score(params, frozen, batch) -> rewards [B]`` for ``[B, L]`` batches, jitted."""
+
+    def score(params, frozen, batch):
+        with axis_rules(mesh, rules):
+            model = nnx.merge(graphdef, params, frozen)
+            return model(
+                batch["input_ids"], batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+            )
+
+    return jax.jit(score)
