@@ -62,14 +62,16 @@ def get_config(arg=None):
     a.gate_depth = 3
     a.temperature = 10.0  # softmax temperature of the gate (and of the fixed weights)
     a.beta_init = 100.0  # learned output scale β (ArmoRM: initialised to 100)
-    a.fixed_ablation = True  # fixed simplex weights, same steps and batch size
+    a.fixed_ablation = True  # fixed simplex weights, same train.steps and train.batch_size
     a.raw_ablation = True  # the gate trained on raw (not debiased) objectives
     # Free logits move ~lr per Adam step while the MLP's output moves through 1024 weights at
     # once; at the gate's lr the fixed weights would barely leave uniform in the same budget.
     a.fixed_lr = 0.05
+    # Stage 2, the gate: the model this recipe trains, for train.steps updates of
+    # train.batch_size pairs (the shared keys); its optimizer, logging and early stopping here.
+    c.train.steps = 1000
+    c.train.batch_size = 128
     s = a.stage2 = ml_collections.ConfigDict()
-    s.steps = 1000
-    s.batch_size = 128
     s.lr = 1e-3
     s.warmup_steps = 50
     s.schedule = "cosine"
@@ -90,8 +92,8 @@ def get_config(arg=None):
         c.eval.batch_size = 16
         a.gate_hidden = 32
         a.gate_depth = 2
-        s.steps = 20
-        s.batch_size = 16
+        c.train.steps = 20
+        c.train.batch_size = 16
         s.warmup_steps = 2
         s.log_every = 5
         s.select_every = 5

@@ -25,6 +25,10 @@ Arguments (comma-separated):
   gold=<workdir>  (sampled) a held-out bt.py run whose reward is the gold score; without it the
                   gold is the response length, which is only good for smoke runs.
 
+bon trains nothing: ``train.steps`` / ``train.batch_size`` are not read (setting them is an
+error); ``seed`` seeds the untrained runlocal reward model, ``bon.seed`` the prompt / candidate
+subsets and the sampled pools (the data of the study).
+
 Outputs in the workdir: bon.json (curves per scorer + random + oracle against n and KL_bon),
 bon_scores.npz (every candidate's score per scorer and its gold), bon_gold.png, bon_proxy.png.
 """

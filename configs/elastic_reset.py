@@ -12,8 +12,8 @@ EMA and the EMA to the initial policy. The value head, the optimizer state and t
 (the initial policy) are left alone (DESIGN §3).
 
 Arguments: everything ``configs/ppo.py`` takes, plus
-  every=<int>     reset period in RL iterations (default: a quarter of ``rl.steps``, so a run
-                  sees a few resets).
+  every=<int>     reset period in RL iterations (default: a quarter of the run's iterations,
+                  ``train.steps / (rl.epochs x rl.minibatches)``, so a run sees a few resets).
   decay=<float>   EMA decay per optimizer step (default 0.995, the paper's; short runs want it
                   lower so that the EMA moves at all between resets: after n updates the initial
                   policy still weighs d^n in it, 0.995^30 = 0.86 but 0.95^30 = 0.21).
@@ -33,6 +33,7 @@ def get_config(arg=None):
     rest = ",".join(f"{k}={v}" for k, v in args.items() if k not in ("every", "decay"))
     c = _ppo_config(rest)
     er = c.rl.elastic_reset
-    er.every = int(args.get("every", max(1, int(c.rl.steps) // 4)))
+    iterations = int(c.train.steps) // (int(c.rl.epochs) * int(c.rl.minibatches))
+    er.every = int(args.get("every", max(1, iterations // 4)))
     er.decay = float(args.get("decay", 0.995))
     return c

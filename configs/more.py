@@ -38,7 +38,9 @@ def get_config(arg=None):
     c.more = ml_collections.ConfigDict()
     c.more.mode = "more"  # more | multitask (λ = 1/K, same sampler and budget)
     c.more.sources = ""  # comma-separated Pair.source names and order ("" = all, sorted)
-    c.more.sub_batch = 6  # pairs per source per step (0 = train.batch_size // K)
+    # Pairs per source per step; 0 derives it from train.batch_size, the pairs of a step summed
+    # over the K sources (batch_size / K; a non-zero value must agree with it).
+    c.more.sub_batch = 0
     c.more.alpha = 0.99  # m ← (1 − α) m + α g
     # l2: the solver sees unit directions (MORE). With K = 2 that makes λ = (½, ½) exactly
     # (the min-norm point of two unit vectors is their midpoint): MORE = multitask there.
@@ -50,7 +52,8 @@ def get_config(arg=None):
     c.more.fw_tol = 1e-5  # stop at ‖Δλ‖₁ < fw_tol
     c.more.fw_away_steps = True  # Frank-Wolfe with away steps (plain FW stalls at λ_t = 0)
 
-    # Simulator: 3 sources x 6 pairs, ~1.1 epochs of each source's ~1,330 training pairs.
+    # Simulator: 3 sources x 6 pairs a step, ~1.1 epochs of each source's ~1,330 training pairs.
+    c.train.batch_size = 18
     c.train.steps = 240
     c.train.checkpoint_every = 120
     c.train.log_every = 20
@@ -61,7 +64,7 @@ def get_config(arg=None):
         c.data.train = f"{hh}@train,{panda}@train"
         c.data.eval = (f"{hh}@heldout,{panda}@heldout,{root}/llmbar/Natural.json,"
                        f"{root}/llmbar/Adversarial_*.json,{root}/llmbar/Processed_MT-Bench.json")
-        c.more.sub_batch = 8
+        c.train.batch_size = 16  # 2 sources x 8 pairs
         c.model.max_length = 256  # HH median is 125 MiniLM tokens; longer ones keep their end
         # Sized for ~10 CPU-minutes a mode with the frozen MiniLM (forward passes only):
         # 48 steps x 2 x 8 pairs (PandaLM's 674 training pairs ~1.1 epochs), <= 150 pairs per
@@ -79,7 +82,7 @@ def get_config(arg=None):
         c.train.weight_decay = 0.0
 
     if "runlocal" in args:
-        c.more.sub_batch = 2
+        c.train.batch_size = 4 if args.get("data") == "hh" else 6  # 2 pairs per source
         c.train.steps = 6
         c.train.log_every = 2
         c.train.checkpoint_every = 3

@@ -25,9 +25,13 @@ Arguments (comma-separated):
   algo=ppo|rloo   PPO with a value head and GAE, or REINFORCE with the leave-one-out baseline
                   (rl.samples_per_prompt samples of every prompt, no value function).
 
-The ``rl`` section (beyond the shared ``train.lr`` / ``warmup_steps`` / ``clip_norm`` and the
-``lora`` section, which here configure the policy's optimizer and adapters):
-  steps, batch_prompts, samples_per_prompt      iterations; prompts x samples per iteration
+The policy is the model this recipe trains, so the shared keys size it: ``train.steps`` counts
+its optimizer updates (``rl.epochs x rl.minibatches`` per RL iteration, so the run makes
+``train.steps / (rl.epochs x rl.minibatches)`` iterations) and ``train.batch_size`` the prompts of
+one update (a rollout samples ``train.batch_size x rl.minibatches`` prompts,
+``rl.samples_per_prompt`` times each); ``train.lr`` / ``warmup_steps`` / ``clip_norm`` and the
+``lora`` section configure its optimizer and adapters. The ``rl`` section:
+  samples_per_prompt                            samples of each rollout prompt
   epochs, minibatches                           optimizer passes over each rollout batch
   max_prompt_length, max_new_tokens             prompts longer than this are dropped (counted)
   kl_coef, kl_estimator (k1|k3), kl_target (0: fixed beta), kl_horizon
@@ -111,8 +115,8 @@ def get_config(arg=None):
     rl.num_eval_prompts = 32
     rl.max_prompt_length = 48
     rl.max_new_tokens = 24
-    rl.steps = 150
-    rl.batch_prompts = 8
+    # Sized in RL iterations and rollout prompts; train.steps / train.batch_size at the end.
+    iterations, prompts = 150, 8
     rl.samples_per_prompt = 4 if rl.algo == "rloo" else 1
     rl.epochs = 2
     rl.minibatches = 2
@@ -152,8 +156,8 @@ def get_config(arg=None):
         rl.num_eval_prompts = 16
         rl.max_prompt_length = 64
         rl.max_new_tokens = 32
-        rl.batch_prompts = 4
-        rl.steps = 36  # ~12 CPU-minutes at ~14 CPU-s an iteration on 2 shared cores
+        prompts = 4
+        iterations = 36  # ~12 CPU-minutes at ~14 CPU-s an iteration on 2 shared cores
         rl.epochs = 2
         rl.minibatches = 1
         rl.eval_every = 6
@@ -168,8 +172,8 @@ def get_config(arg=None):
         c.data.sim.num_eval = 32
         rl.num_eval_prompts = 4
         rl.max_new_tokens = 6
-        rl.batch_prompts = 2
-        rl.steps = 3
+        prompts = 2
+        iterations = 3
         rl.epochs = 1
         rl.minibatches = 1
         rl.eval_every = 2
@@ -181,4 +185,6 @@ def get_config(arg=None):
             rl.proxy.max_length = 64
         if not args.get("gold"):
             rl.gold = scorer("length")
+    c.train.steps = iterations * rl.epochs * rl.minibatches  # the policy's optimizer updates
+    c.train.batch_size = prompts // rl.minibatches  # prompts per update
     return c

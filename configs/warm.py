@@ -7,7 +7,9 @@ with their prediction ensemble and with each member, under label corruption.
 
 Takes the same arguments as configs/bt.py (runlocal, data=sim|hh, model=tiny|minilm|smollm2);
 ``members.*`` sets the ensemble: size, init ("shared" as in WARM, or "seed" for different head
-seeds), per-member learning-rate multipliers and dropout rates, the label flip rate.
+seeds), per-member learning-rate multipliers and dropout rates, the label flip rate. Each member
+is a reward model: ``train.steps`` are its updates (all members update together) and
+``train.batch_size`` its pairs per step, as in bt.py; a step holds ``members.num`` such batches.
 """
 
 import os

@@ -1,10 +1,34 @@
-"""The config keys every recipe shares (recipes in ``configs/`` start from :func:`base_config`).
+"""The config keys every recipe shares (recipes in ``configs/`` start from :func:`base_config`),
+and who reads which key (:func:`check_unread`).
 
-Users and scripts can rely on ``model.path``, ``data.train``, ``data.eval``, ``train.steps``,
-``train.batch_size`` and ``seed`` meaning the same thing in every recipe.
+Three keys mean one thing in every recipe that reads them (issue 13):
+
+* ``train.steps``: optimizer updates of the recipe's main trained model, the one its results are
+  about: the reward model (bt, more); every member of models trained side by side, which update
+  together (warm); every full fine-tune (dmoerm: the single RM; each category's task RM defaults
+  to ``train.steps / #categories``, ``dmoerm.phase1_steps``); the gate (armorm); the policy
+  (ppo: ``rl.epochs x rl.minibatches`` updates an iteration).
+* ``train.batch_size``: training examples in one micro-batch (one forward / backward) of one such
+  model, summed over its data sources: preference pairs for reward models (more: ``K x
+  more.sub_batch`` pairs from K sources), prompts for a policy (each sampled
+  ``rl.samples_per_prompt`` times). An update averages ``train.grad_accum`` micro-batches; each
+  member of an ensemble is its own model and gets ``train.batch_size`` pairs a step.
+* ``seed``: the run's own randomness: initialisation (heads, adapters, random backbones), data
+  order, dropout, label corruption, subsamples drawn during the run and sampling. The data a run
+  is given does not follow it: splits (``data.split_seed``), the simulator (``data.sim.seed``),
+  best-of-n pools (``bon.seed``), so several seeds of one run see the same data.
+
+Other sizes have their own keys: ``more.sub_batch`` (pairs per source), ``dmoerm.lora_steps`` /
+``lora_batch_size`` / ``phase3_steps`` / ``router_steps``, ``rl.epochs`` / ``rl.minibatches`` /
+``rl.samples_per_prompt``, ``rl.proxy.steps``. A recipe that trains nothing (bon) reads neither
+``train.steps`` nor ``train.batch_size``; setting a key on the command line that the recipe and
+mode never read is an error (:func:`check_unread`), so no key is ignored silently.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
 
 import ml_collections
 from ml_collections import config_dict
@@ -26,6 +50,8 @@ def parse_arg(arg: str | None) -> dict[str, str]:
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    # The run's randomness: init, data order, dropout, label corruption, sampling; never which
+    # data the run gets (data.split_seed, data.sim.seed, bon.seed). See the module docstring.
     c.seed = 0
     c.mode = "train"  # train | eval | score | export | rewardbench
     c.recipe = "bt"  # what train mode runs: bt (one model) | warm (members, WA, ENS)
@@ -81,8 +107,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.use_data_margin = False
     c.loss.center_coef = 0.0
 
+    # The recipe's main trained model (the module docstring says which one per recipe).
     c.train = ml_collections.ConfigDict()
-    c.train.steps = 200
+    c.train.steps = 200  # optimizer updates (of each member, when members train side by side)
+    # Examples per micro-batch of one model, summed over sources: preference pairs (a policy:
+    # prompts). An update sees batch_size x grad_accum of them.
     c.train.batch_size = 16
     c.train.grad_accum = 1
     c.train.lr = config_dict.placeholder(float)  # None: follows the backbone (defaults.*)
@@ -175,3 +204,151 @@ def load_config_file(path: str, arg: str | None = None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
+
+
+def per_source_batch(batch_size: int, sub_batch: int, num_sources: int) -> int:
+    """Pairs per source in a step of ``train.batch_size`` pairs over ``num_sources`` sources
+    (MORE). ``sub_batch > 0`` (``more.sub_batch``) must agree with it; 0 derives it.
+
+    Raises:
+      ValueError: the batch does not split evenly, or ``sub_batch`` contradicts it.
+    """
+    batch_size, sub_batch, k = int(batch_size), int(sub_batch), int(num_sources)
+    if sub_batch > 0:
+        if sub_batch * k != batch_size:
+            raise ValueError(
+                f"more.sub_batch={sub_batch} x {k} sources = {sub_batch * k} pairs a step, but "
+                f"train.batch_size={batch_size} (pairs a step, summed over the sources): set "
+                f"--config.train.batch_size={sub_batch * k}, or leave more.sub_batch=0 to derive "
+                "it from train.batch_size")
+        return sub_batch
+    if batch_size < k or batch_size % k:
+        lower, upper = max(k, batch_size - batch_size % k), (batch_size // k + 1) * k
+        raise ValueError(
+            f"train.batch_size={batch_size} pairs do not split evenly over the {k} sources (one "
+            f"sub-batch per source each step): choose a multiple of {k} (e.g. {lower} or "
+            f"{upper})")
+    return batch_size // k
+
+
+# ----------------------------------------------------------------------------- who reads what
+#
+# Which keys a (recipe, mode) reads is declared, not discovered: the check must run before any
+# work, when nothing has been read yet, and tracking reads during a run would learn of a key read
+# late (the final evaluation, a later stage, a resume) only hours in, and would count the whole
+# config as read when config.json is written. Shared sections are declared once here; each
+# recipe declares only how it differs (Recipe.reads), each mode its own section. A declaration is
+# a list of dotted paths ("train", "train.steps", "data.sim"), each optionally preceded by "!" (not
+# read) and followed by ": why / what to set instead". A key is decided by the longest declared
+# path that equals it or contains it; among equal paths the later one wins (the recipe's over
+# the shared lists).
+
+#: Read by every recipe in every mode (``train.progress``: progress bars, where there are any).
+ALWAYS_READS = ("seed", "mode", "recipe", "train.progress")
+#: What training on the shared runtime reads (``build_run``, the steps, the trainer, checkpoints,
+#: evaluation). ``Recipe.reads`` adds the recipe's own sections and takes out ("!key") what its
+#: training does not honour.
+RUN_READS = ("model", "data", "lora", "loss", "train", "mesh", "defaults", "eval")
+#: What the other modes (eval, score, export, rewardbench) read to rebuild the trained model;
+#: each mode adds its own section, the recipe its own sections (e.g. ``members``).
+MODEL_READS = ("model", "data", "lora", "mesh", "defaults", "eval", "train.trainable")
+
+
+@dataclasses.dataclass(frozen=True)
+class Read:
+    """One declared path: read or not, and what to tell the user when it is not."""
+
+    path: str
+    read: bool = True
+    hint: str = ""
+
+    def covers(self, key: str) -> bool:
+        return key == self.path or key.startswith(self.path + ".")
+
+
+def parse_reads(entries: Iterable[str]) -> list[Read]:
+    """``["train", "!train.lr: the gate's optimizer is armorm.stage2.*"]`` -> :class:`Read` s."""
+    out = []
+    for entry in entries:
+        text = str(entry).strip()
+        negated = text.startswith("!")
+        path, _, hint = text.removeprefix("!").partition(":")
+        if not path.strip():
+            raise ValueError(f"empty config path in the reads declaration {entry!r}")
+        out.append(Read(path.strip(), not negated, hint.strip()))
+    return out
+
+
+def read_rules(mode: str, recipe_reads: Sequence[str] = (),
+               mode_reads: Sequence[str] = ()) -> list[Read]:
+    """The declarations that decide which keys ``mode`` of a recipe reads, in order.
+
+    Training reads :data:`RUN_READS` as the recipe's ``reads`` amend them; the other modes read
+    :data:`MODEL_READS`, the recipe's own sections and exclusions, and ``mode_reads``.
+    """
+    recipe = parse_reads(recipe_reads)
+    if mode == "train":
+        return parse_reads(ALWAYS_READS + RUN_READS + tuple(mode_reads)) + recipe
+    shared = {p.split(".")[0] for p in RUN_READS}
+    own = [r for r in recipe if not r.read or r.path.split(".")[0] not in shared]
+    return parse_reads(ALWAYS_READS + MODEL_READS) + own + parse_reads(mode_reads)
+
+
+def decide(key: str, rules: Sequence[Read]) -> Read | None:
+    """The declaration deciding ``key``: the longest covering path, the later on a tie."""
+    best = None
+    for rule in rules:
+        if rule.covers(key) and (best is None or rule.path.count(".") >= best.path.count(".")):
+            best = rule
+    return best
+
+
+def is_read(key: str, rules: Sequence[Read]) -> bool:
+    rule = decide(key, rules)
+    return rule is not None and rule.read
+
+
+class UnreadConfigKeys(ValueError):
+    """Keys set on the command line that the chosen recipe and mode never read."""
+
+    def __init__(self, message: str, keys: Sequence[str]):
+        super().__init__(message)
+        self.keys = list(keys)
+
+
+def check_unread(overrides: Iterable[str], *, recipe: str, mode: str,
+                 recipe_reads: Sequence[str] = (), mode_reads: Sequence[str] = (),
+                 readers: Callable[[str], list[str]] | None = None) -> None:
+    """Refuses config keys set on the command line that would change nothing.
+
+    Args:
+      overrides: dotted keys set on the command line (``config_flags.get_override_values``).
+      recipe, mode: the run's ``config.recipe`` and ``config.mode``.
+      recipe_reads: the recipe's declaration (``Recipe.reads``); mode_reads: the mode's.
+      readers: ``key -> ["recipe more", "--config.mode=score", ...]``, who does read a key (for
+        the message); optional.
+
+    Raises:
+      UnreadConfigKeys: naming each unread key, why, who reads it and what to do.
+    """
+    rules = read_rules(mode, recipe_reads, mode_reads)
+    unread = [k for k in sorted(set(overrides)) if not is_read(k, rules)]
+    if not unread:
+        return
+    lines = []
+    for key in unread:
+        rule = decide(key, rules)
+        why = [rule.hint] if rule is not None and rule.hint else []
+        if mode != "train" and key.split(".")[0] in ("train", "loss"):
+            why.append(f"--config.mode={mode} reads the trained workdir; {key.split('.')[0]}.* "
+                       "only applies to --config.mode=train")
+        others = readers(key) if readers is not None else []
+        if others:
+            why.append("read by " + ", ".join(others))
+        lines.append(f"  --config.{key}" + (": " + "; ".join(why) if why else ""))
+    noun = "this key" if len(unread) == 1 else "these keys"
+    raise UnreadConfigKeys(
+        f"recipe {recipe!r} in --config.mode={mode} never reads {noun}, set on the command "
+        "line; it would change nothing:\n" + "\n".join(lines) + "\nRemove "
+        + ("it" if len(unread) == 1 else "them") + ", set the key named instead, or use the "
+        "recipe or mode that reads it (its config: --config=configs/<recipe>.py).", unread)

@@ -17,11 +17,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and 
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
 
 
-def run(config, workdir: str):
-    """Runs ``config.mode`` of ``config.recipe`` on ``workdir`` (:func:`rewardjax.modes.run`)."""
+def run(config, workdir: str, overrides=None):
+    """Runs ``config.mode`` of ``config.recipe`` on ``workdir`` (:func:`rewardjax.modes.run`);
+    ``overrides``, the keys set on the command line, must all be read by that recipe and mode."""
     from rewardjax import modes
 
-    return modes.run(config, workdir)
+    return modes.run(config, workdir, overrides=overrides)
 
 
 def main(argv):
@@ -38,7 +39,14 @@ def main(argv):
     pylogging.getLogger("rewardjax").setLevel(pylogging.INFO)
     workdir = _WORKDIR.value or os.path.join("runs", "default")
     logging.info("workdir %s", workdir)
-    run(_CONFIG.value, workdir)
+    from rewardjax.config import UnreadConfigKeys
+
+    # A key the recipe and mode never read is refused before any work (no silent no-op).
+    overrides = config_flags.get_override_values(flags.FLAGS["config"])
+    try:
+        run(_CONFIG.value, workdir, overrides=sorted(overrides))
+    except UnreadConfigKeys as e:
+        raise app.UsageError(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def test_end_to_end_through_main_and_the_cache_is_reused(tmp_path, monkeypatch):
     config = load_recipe("armorm", "runlocal")
     config.armorm.cache_dir = str(tmp_path / "cache")
     config.armorm.raw_ablation = False
-    config.armorm.stage2.steps = 10
+    config.train.steps = 10  # the gate's updates
     config.data.buckets = (128,)  # one feature program to compile
     config.train.tensorboard = False
     summary = run(config, str(tmp_path / "w1"))

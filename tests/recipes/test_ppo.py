@@ -129,7 +129,8 @@ def test_elastic_reset_through_the_jitted_update(setup, plain):
 
 
 def test_rloo_path_runs_and_baselines_per_prompt():
-    config = tiny_config(algo="rloo", samples_per_prompt=2, batch_prompts=1)
+    config = tiny_config(algo="rloo", samples_per_prompt=2)
+    config.train.batch_size = 1  # one prompt per update (one minibatch: one per rollout)
     policy = ppo.build_policy_run(config)
     chars = lambda prompts, texts: np.asarray([len(t) for t in texts], np.float32)  # noqa: E731
     runner = ppo.Runner(config, policy, chars, None)  # words vary in length, so scores differ

@@ -9,8 +9,10 @@ verbosity debiasing -> gating MLP trained with Bradley-Terry -> comparison with 
 3. Debiasing: ``r'_i = r_i - λ_i r_verbose``, λ_i the smallest grid value making the Spearman
    correlation with ``r_verbose`` at most ``armorm.debias_threshold`` on the reference set.
 4. Stage 2: ``R = β g(x)ᵀ r'`` trained with the BT loss on the preference labels, backbone and
-   regression frozen, on the *debiased* ``r'`` (DESIGN decision). Ablations with the same
-   budget: fixed prompt-independent simplex weights, and the gate on raw ``r``.
+   regression frozen, on the *debiased* ``r'`` (DESIGN decision): ``train.steps`` updates of
+   ``train.batch_size`` pairs (the gate is the recipe's trained model), the optimizer of
+   ``armorm.stage2``. Ablations with the same budget: fixed prompt-independent simplex weights,
+   and the gate on raw ``r``.
 5. Table: accuracy / gold accuracy per model and eval set, Spearman with verbosity before and
    after debiasing per objective; the heads are saved with the debiasing matrix.
 
@@ -50,6 +52,16 @@ from rewardjax.runtime.workdir import owns_workdir
 
 # ----------------------------------------------------------------------------- stage 2
 
+def gate_config(config):
+    """The gate's training settings: ``train.steps`` updates of ``train.batch_size`` pairs (the
+    shared keys: the gate is the model this recipe trains) with the optimizer, logging and early
+    stopping of ``armorm.stage2``."""
+    cfg = config.armorm.stage2.copy_and_resolve_references()
+    with cfg.unlocked():
+        cfg.steps, cfg.batch_size = int(config.train.steps), int(config.train.batch_size)
+    return cfg
+
+
 
 def train_gate(module, x, r_chosen, r_rejected, cfg, seed: int, writer=None, name: str = "",
                val=None):
@@ -59,7 +71,7 @@ def train_gate(module, x, r_chosen, r_rejected, cfg, seed: int, writer=None, nam
       module: a :class:`GatingMLP` / :class:`FixedWeights` (left unchanged).
       x: ``[N, D]`` prompt features; ``r_chosen`` / ``r_rejected``: ``[N, K]`` objective scores.
       cfg: ``steps``, ``batch_size``, ``log_every``, ``select_every`` and the optimizer fields
-        of ``train`` (``make_optimizer``).
+        of ``train`` (``make_optimizer``): :func:`gate_config`.
       seed: data order (epoch permutations are ``default_rng((seed, epoch))``).
       val: optional ``(x, r_chosen, r_rejected)`` of validation pairs. With
         ``cfg.select_every > 0`` the parameters with the lowest validation BT loss among those
@@ -194,9 +206,8 @@ def train_armorm(config, workdir: str) -> dict:
     heads, stage2 = {}, {}
     for label, (kind, kw, debiased) in plan.items():
         scores = rp["fit"] if debiased else r["fit"]
-        cfg = acfg.stage2
+        cfg = gate_config(config)
         if kind == "fixed" and acfg.fixed_lr:
-            cfg = cfg.copy_and_resolve_references()
             cfg.lr = float(acfg.fixed_lr)
         t = time.time()
         vs, nv = (rp if debiased else r)["val"], len(val_idx)
@@ -229,7 +240,7 @@ def train_armorm(config, workdir: str) -> dict:
         results[name] = res
         for label, met in res.items():
             # ":" is not a legal TensorBoard name ("sim:test_id").
-            writer.write(int(acfg.stage2.steps), f"eval/{name.replace(':', '_')}/{label}", met)
+            writer.write(int(config.train.steps), f"eval/{name.replace(':', '_')}/{label}", met)
 
     for label, head in heads.items():
         head.save(os.path.join(workdir, "armorm", label),
@@ -243,7 +254,7 @@ def train_armorm(config, workdir: str) -> dict:
         "stage2": stage2, "eval": results, "objectives_table": objectives_table,
         "gate_weights_by_category": weights_by_cat, "gate_vs_fixed": paired,
     }
-    writer.write(int(acfg.stage2.steps), "summary", {"wall_time_s": summary["wall_time_s"]})
+    writer.write(int(config.train.steps), "summary", {"wall_time_s": summary["wall_time_s"]})
     writer.close()
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:

@@ -3,8 +3,9 @@ optional Elastic Reset, evaluated against a held-out gold reward.
 
 One iteration, top to bottom (``train_ppo``):
 
-1. **Rollout.** ``rl.batch_prompts`` training prompts (a pure function of seed and step, so a
-   resumed run sees the same ones), each sampled ``rl.samples_per_prompt`` times at temperature 1
+1. **Rollout.** ``train.batch_size x rl.minibatches`` training prompts (a pure function of seed
+   and step, so a resumed run sees the same ones), each sampled ``rl.samples_per_prompt`` times
+   at temperature 1
    with the KV-cache sampler (``rl/sampling.py``): the samples are on-policy, so the sampler's
    log-probabilities are those of π itself.
 2. **Scores.** Responses are decoded to text and scored by the proxy reward model (re-tokenized
@@ -15,7 +16,9 @@ One iteration, top to bottom (``train_ppo``):
 4. **Update** (one jitted call, ``rl/ppo_update.py``): per-token rewards ``−β·KL_t`` plus the
    score at the last token (KL estimator k1 or k3), GAE and whitened advantages (PPO), or the
    leave-one-out advantage of the KL-penalised sequence reward (RLOO); then ``rl.epochs`` passes
-   over ``rl.minibatches`` shuffled minibatches, one AdamW step each. With Elastic Reset, the EMA
+   over ``rl.minibatches`` shuffled minibatches, one AdamW step each (so ``train.batch_size`` is
+   the prompts of one update, and ``train.steps`` counts updates: the run makes
+   ``train.steps / (rl.epochs x rl.minibatches)`` iterations). With Elastic Reset, the EMA
    of the policy is updated after every optimizer step and, at the end of every
    ``rl.elastic_reset.every``-th iteration, the policy becomes the EMA and the EMA the initial
    policy; the value head, the optimizer state and the KL anchor are not touched (DESIGN §3).
@@ -106,7 +109,9 @@ def load_prompts(config) -> tuple[list[str], list[str], list[str]]:
     from rewardjax.eval.bon_pools import read_prompts
 
     prompts = read_prompts(rl.prompts)
-    order = np.random.default_rng(int(config.seed)).permutation(len(prompts))
+    # Which prompts are held out is the data, not the run's randomness: data.split_seed, so
+    # several seeds of a run evaluate on the same prompts.
+    order = np.random.default_rng(int(config.data.split_seed)).permutation(len(prompts))
     prompts = [prompts[i] for i in order]
     n_eval = int(rl.num_eval_prompts)
     return prompts[n_eval:], prompts[:n_eval], prompts
@@ -150,6 +155,25 @@ def sampling_config(config, tok) -> sampling.SamplingConfig:
 def updates_per_iteration(rl) -> int:
     return int(rl.epochs) * int(rl.minibatches)
 
+def iterations(config) -> int:
+    """RL iterations of the run: ``train.steps`` optimizer updates of the policy, each iteration
+    making ``rl.epochs x rl.minibatches`` of them."""
+    steps, per = int(config.train.steps), updates_per_iteration(config.rl)
+    if steps < per or steps % per:
+        lower, upper = max(per, steps - steps % per), (steps // per + 1) * per
+        raise ValueError(
+            f"train.steps={steps} optimizer updates do not make whole RL iterations of "
+            f"rl.epochs x rl.minibatches = {per} updates: choose a multiple of {per} (e.g. "
+            f"{lower} or {upper})")
+    return steps // per
+
+
+def rollout_prompts(config) -> int:
+    """Prompts sampled per iteration: ``train.batch_size`` (the prompts of one update) for each
+    of the ``rl.minibatches`` minibatches."""
+    return int(config.train.batch_size) * int(config.rl.minibatches)
+
+
 
 def make_reset(rl):
     """The Elastic Reset transform over the LoRA params, or None when switched off."""
@@ -172,13 +196,14 @@ class Runner:
         self.sample = make_sample(policy.graphdef, self.cfg)
         self.stats = make_stats(policy.graphdef)
         self.ref = reference_params(policy.params)
-        self.rows = int(self.rl.batch_prompts) * int(self.rl.samples_per_prompt)
+        self.prompts = rollout_prompts(config)
+        self.rows = self.prompts * int(self.rl.samples_per_prompt)
 
     def prompts_at(self, step: int) -> list[int]:
         """Training prompt indices of an iteration: a pure function of (seed, step)."""
         rng = np.random.default_rng([int(self.config.seed), int(step)])
         n = len(self.policy.train_prompts)
-        return rng.choice(n, int(self.rl.batch_prompts), replace=n < int(self.rl.batch_prompts))
+        return rng.choice(n, self.prompts, replace=n < self.prompts)
 
     def rollout(self, params, prompts: list[str], ids: list[list[int]], key) -> dict:
         """Samples one response per prompt row and everything the update needs (host arrays)."""
@@ -250,16 +275,14 @@ def train_ppo(config, workdir: str) -> dict:
         raise ValueError(f"unknown rl.algo {rl.algo!r}; choose ppo or rloo")
     if rl.algo == "rloo" and int(rl.samples_per_prompt) < 2:
         raise ValueError("rl.algo='rloo' needs rl.samples_per_prompt >= 2")
-    rows = int(rl.batch_prompts) * int(rl.samples_per_prompt)
-    if rows % int(rl.minibatches):
-        raise ValueError(f"{rows} rollout rows are not divisible by rl.minibatches")
+    steps = iterations(config)  # train.steps updates, rl.epochs x rl.minibatches an iteration
+    rows = rollout_prompts(config) * int(rl.samples_per_prompt)  # minibatches split it evenly
 
     policy = build_policy_run(config)
     proxy = build_scorer(rl.proxy, "proxy", workdir, int(config.seed))
     gold = build_scorer(rl.gold, "gold", workdir, int(config.seed)) if rl.gold.kind else None
     runner = Runner(config, policy, proxy, gold)
-    steps = int(rl.steps)
-    tx = make_optimizer(config.train, steps=steps * updates_per_iteration(rl))
+    tx = make_optimizer(config.train, steps=steps * updates_per_iteration(rl))  # train.steps
     reset_tx = make_reset(rl)
     update = make_update(policy.graphdef, tx, reset_tx, rl)
     state = init_rl_state(policy.params, tx, reset_tx, float(rl.kl_coef))
