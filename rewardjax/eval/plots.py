@@ -3,15 +3,21 @@
 matplotlib runs on the non-interactive Agg backend (no display on training machines) and is
 imported lazily, so the rest of the package works without it; the plot functions then log a
 warning and write nothing.
+
+A plot is rendered in memory and written through :class:`etils.epath.Path`, the path type of the
+workdir layer (``rewardjax.runtime.paths``, a floor above this one), so a ``gs://`` workdir gets
+its PNGs in the bucket. Callers write from process 0.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from etils import epath
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +39,15 @@ def _pyplot():
 
 
 def _save(plt, fig, path: str) -> str:
-    """Lays out, writes and closes ``fig``; returns ``path``."""
+    """Lays out, writes (PNG, or the format of ``path``'s suffix) and closes ``fig``; returns
+    ``path``."""
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=os.path.splitext(os.fspath(path))[1].lstrip(".") or "png")
     plt.close(fig)
+    out = epath.Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(buf.getvalue())
     return path
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -10,6 +9,7 @@ import jax
 from rewardjax import recipes
 from rewardjax.data.sources import load_sets
 from rewardjax.runtime.logging import to_python
+from rewardjax.runtime.paths import write_json
 from rewardjax.runtime.scoring import format_table
 
 
@@ -26,7 +26,6 @@ def run(config, workdir: str) -> dict:
     results = scorer.evaluate_sets(eval_sets, num_bins=int(config.eval.num_bins))
     summary = {"steps": getattr(scorer, "step", None), "eval": results}
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "eval.json"), "w") as f:
-            json.dump(to_python(summary), f, indent=2)
+        write_json(os.path.join(workdir, "eval.json"), to_python(summary))
         print(format_table(summary))
     return summary

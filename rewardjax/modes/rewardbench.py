@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 
-import jax
-
 from rewardjax import recipes
 from rewardjax.eval.rewardbench import build_offline, evaluate, load
+from rewardjax.runtime.paths import write_json
 
 
 def run(config, workdir: str) -> dict:
@@ -46,7 +44,5 @@ def run_rewardbench(config, workdir: str, *, source: str = "offline", v2_limit: 
             paths = build_offline(data_root(), tmp, v2_limit=v2_limit)
             sets = {v: load(v, p) for v, p in paths.items()}
     reports = {f"v{v}": evaluate(score, records, v) for v, records in sets.items()}
-    if jax.process_index() == 0:
-        with open(out or os.path.join(workdir, "rewardbench.json"), "w") as f:
-            json.dump(reports, f, indent=2)
+    write_json(out or os.path.join(workdir, "rewardbench.json"), reports)  # process 0
     return reports

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from rewardjax.runtime.workdir import DiskFull, is_disk_full
+from rewardjax.runtime import paths
+from rewardjax.runtime.paths import DiskFull, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str, every: int, keep: int = 2):
-        self.directory = os.path.abspath(directory)
+        self.directory = paths.normalize(directory)  # a gs:// URL stays one (orbax: epath)
         self.every = int(every)
         self._pending: int | None = None
         self._closed = False
@@ -148,8 +149,7 @@ class Checkpointer:
             return
         self._fits = True
         workdir, on_fit = _RUN["workdir"], _RUN["on_fit"]
-        if on_fit is not None and workdir and \
-                os.path.commonpath([self.directory, workdir]) == workdir:
+        if on_fit is not None and workdir and paths.is_within(self.directory, workdir):
             _RUN["on_fit"] = None
             on_fit()
 
@@ -270,12 +270,12 @@ class Checkpointer:
             return
         root = f"{self.directory}.{kind}"
         if jax.process_index() == 0:
-            os.makedirs(root, exist_ok=True)
+            paths.makedirs(root)
             for s in steps:
                 dest = os.path.join(root, str(s))
-                if os.path.exists(dest):
+                if paths.exists(dest):
                     dest += f"-{int(time.time())}"
-                shutil.move(self._step_dir(s), dest)
+                paths.path(self._step_dir(s)).rename(dest)
         if jax.process_count() > 1:
             from orbax.checkpoint import multihost
 

@@ -4,12 +4,10 @@ The rewards come from a :class:`rewardjax.runtime.scorer.Scorer`."""
 
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 
 from rewardjax.eval.metrics import pair_metrics
+from rewardjax.runtime.paths import write_jsonl
 
 
 def gold_agreement(pairs, r_chosen, r_rejected) -> float | None:
@@ -73,16 +71,12 @@ def format_table(summary: dict) -> str:
 
 def write_scores(path: str, responses, rewards, **columns) -> None:
     """One JSON line per response with its ``reward``; ``columns`` adds per-response fields
-    (e.g. ``objectives``: one dict per response)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        for i, (resp, r) in enumerate(zip(responses, rewards)):
-            row = {
-                "prompt": resp.prompt,
-                "response": resp.response,
-                "reward": float(r),
-                **{k: v[i] for k, v in columns.items()},
-                "source": resp.source,
-                **{k: v for k, v in resp.meta.items() if isinstance(v, (str, int, float, bool))},
-            }
-            f.write(json.dumps(row) + "\n")
+    (e.g. ``objectives``: one dict per response); written whole, by process 0."""
+    write_jsonl(path, ({
+        "prompt": resp.prompt,
+        "response": resp.response,
+        "reward": float(r),
+        **{k: v[i] for k, v in columns.items()},
+        "source": resp.source,
+        **{k: v for k, v in resp.meta.items() if isinstance(v, (str, int, float, bool))},
+    } for i, (resp, r) in enumerate(zip(responses, rewards))))

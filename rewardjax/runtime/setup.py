@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 from rewardjax.data.tokenize import SequenceEncoder, build_wordlevel_tokenizer
 from rewardjax.models import registry
 from rewardjax.models.reward_model import build_reward_model
+from rewardjax.runtime import paths
 from rewardjax.runtime.defaults import log_effective, resolve_defaults
 from rewardjax.runtime.optim import make_optimizer
 from rewardjax.runtime.state import init_state
@@ -119,10 +120,11 @@ def get_tokenizer(config, spec, workdir: str, texts_fn):
             "a word-level tokenizer on the training data instead (its vocabulary will not match "
             "the pretrained embeddings)")
     path = os.path.join(workdir, "tokenizer")
-    if os.path.isdir(path):
+    if paths.isdir(path):
         from transformers import PreTrainedTokenizerFast
 
-        tok = PreTrainedTokenizerFast.from_pretrained(path)
+        with paths.local_copy(path) as local:
+            tok = PreTrainedTokenizerFast.from_pretrained(local)
     else:
         texts = texts_fn()
         if not texts:
@@ -134,8 +136,9 @@ def get_tokenizer(config, spec, workdir: str, texts_fn):
         if pretrained:  # every id must index a row of the checkpoint's embedding table
             vocab_size = min(vocab_size, int(spec.config.vocab_size))
         tok = build_wordlevel_tokenizer(texts, vocab_size=vocab_size)
-        if jax.process_index() == 0:
-            tok.save_pretrained(path)
+        if paths.is_main_process():
+            with paths.staged_dir(path) as local:
+                tok.save_pretrained(local)
     if pretrained:
         if len(tok) > spec.config.vocab_size:
             raise ValueError(f"{path}: the saved tokenizer has {len(tok)} tokens but the "

@@ -1,17 +1,23 @@
-"""Who owns a workdir, which run it holds, and writing its files whole or not at all.
+"""Who owns a workdir and which run it holds; its files go through :mod:`.paths`.
 
 A training run starts with :func:`start_run` (the :func:`owns_workdir` decorator on a recipe's
 ``train(config, workdir)``):
 
 * ``<workdir>/.lock`` (``O_CREAT | O_EXCL``) holds the owner's pid, host and start time; a second
   run stops at once naming them. A lock whose pid is dead on this host (or reused by a younger
-  process) is stale and taken over.
+  process) is stale and taken over. A workdir on an object store (``gs://``) has no atomic
+  create-if-absent through :mod:`etils.epath`: there ``.lock`` is a best-effort marker (checked,
+  written, read back), which stops a second run started after the first but not two started
+  in the same second.
 * ``<workdir>/run_identity.json`` records the settings that define the run (model and backbone
   config, data specs and a fingerprint of their files, seed, optimizer, loss, LoRA, recipe
   sections). A later start whose settings differ is refused before anything is written, naming
   the keys, unless ``train.resume_changed=True``.
-* ``config.json`` is written with :func:`atomic_write` (temp file in the same directory, fsync,
-  ``os.replace``): a crash or a full disk never leaves half a file behind.
+* ``config.json`` is written whole or not at all (:func:`~.paths.write_text`): a crash or a
+  full disk never leaves half a file behind.
+
+The path API (:mod:`rewardjax.runtime.paths`) is re-exported here, so a recipe imports its
+workdir helpers from one place.
 """
 
 from __future__ import annotations
@@ -27,10 +33,45 @@ import json
 import logging
 import os
 import re
-import secrets
 import socket
 import sys
 import time
+
+from rewardjax.runtime import paths
+from rewardjax.runtime.paths import (
+    DiskFull,
+    append_text,
+    atomic_write,
+    copy_tree,
+    disk_full,
+    exists,
+    is_disk_full,
+    is_local,
+    is_main_process,
+    isdir,
+    isfile,
+    listdir,
+    local_copy,
+    makedirs,
+    mtime,
+    read_json,
+    read_jsonl,
+    read_npz,
+    read_text,
+    staged_dir,
+    write_json,
+    write_jsonl,
+    write_npz,
+    write_text,
+)
+
+__all__ = [
+    "DiskFull", "RunIdentityMismatch", "WorkdirBusy", "WorkdirLock", "append_text",
+    "atomic_write", "copy_tree", "disk_full", "exists", "is_disk_full", "is_local",
+    "is_main_process", "isdir", "isfile", "listdir", "local_copy", "makedirs", "mtime",
+    "owns_workdir", "read_json", "read_jsonl", "read_npz", "read_text", "run_identity",
+    "staged_dir", "start_run", "write_json", "write_jsonl", "write_npz", "write_text",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,73 +91,6 @@ class WorkdirBusy(RuntimeError):
 
 class RunIdentityMismatch(ValueError):
     """The workdir holds a run with other settings."""
-
-
-class DiskFull(OSError):
-    """ENOSPC while writing ``path``; the message is one line naming it."""
-
-    def __init__(self, path: str, what: str):
-        super().__init__(errno.ENOSPC, "no space left on device", path)
-        self.what = what
-
-    def __str__(self) -> str:
-        return f"{self.filename}: no space left on device while {self.what}"
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """True if ``exc`` or anything it was raised from is an out-of-space error (orbax and
-    TensorStore re-raise it as other types, keeping the text)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or \
-                "no space left on device" in str(exc).lower():
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-# ----------------------------------------------------------------------------- atomic writes
-
-
-def _fsync(fd: int) -> None:  # a seam for tests (simulated full disks)
-    os.fsync(fd)
-
-
-def atomic_write(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` whole or not at all: a temp file in the same directory,
-    fsync, ``os.replace``. A full disk raises :class:`DiskFull` and leaves the old file."""
-    path = os.path.abspath(path)
-    directory, name = os.path.split(path)
-    fd, tmp = None, None
-    try:
-        # os.open, not mkstemp: the file gets the usual umask permissions, not 0600
-        tmp = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            fd = None
-            f.write(text)
-            f.flush()
-            _fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            kept = "the previous version is left as it was" if os.path.exists(path) else \
-                "nothing was written"
-            raise DiskFull(path, f"writing it ({kept}); free space and rerun") from e
-        raise
-    finally:
-        if fd is not None:
-            os.close(fd)
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-
-def write_json(path: str, obj, indent: int = 2) -> None:
-    """``json.dumps(obj)`` to ``path`` through :func:`atomic_write`."""
-    atomic_write(path, json.dumps(obj, indent=indent))
 
 
 # ----------------------------------------------------------------------------- the lock
@@ -169,13 +143,15 @@ class WorkdirLock:
     """``<workdir>/.lock``: one live run per workdir (see the module docstring)."""
 
     def __init__(self, workdir: str):
-        self.workdir = os.path.abspath(workdir)
+        self.workdir = paths.normalize(workdir)
         self.path = os.path.join(self.workdir, LOCK_NAME)
         self._text: str | None = None
 
     def acquire(self) -> WorkdirLock:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         text = json.dumps(me)
+        if not paths.is_local(self.path):
+            return self._mark(text)
         for _ in range(50):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -230,14 +206,36 @@ class WorkdirLock:
         os.unlink(aside)
         log.warning("taking over the stale lock %s (%s is gone)", self.path, _describe(owner))
 
+    def _mark(self, text: str) -> WorkdirLock:
+        """The best-effort marker of a non-local workdir (module docstring): refuses a live
+        owner's marker, takes over a stale one, writes ours and reads it back."""
+        if paths.exists(self.path):
+            seen = paths.read_text(self.path)
+            try:
+                owner = json.loads(seen)
+            except ValueError:
+                owner = {"pid": -1, "host": socket.gethostname(), "started": 0}
+            if not _owner_gone(owner):
+                raise WorkdirBusy(
+                    f"{self.workdir} is in use by another run ({_describe(owner)}; lock marker "
+                    f"{self.path}): wait for it to finish, use another --workdir, or delete the "
+                    "marker if that run is gone")
+            log.warning("taking over the stale lock marker %s (%s is gone)", self.path,
+                        _describe(owner))
+        paths.write_text(self.path, text, every_process=True)
+        if paths.read_text(self.path) != text:
+            raise WorkdirBusy(f"{self.workdir}: another run wrote the lock marker {self.path} "
+                              "at the same time; start one run per workdir")
+        self._text = text
+        return self
+
     def release(self) -> None:
         if self._text is None:
             return
         try:
-            with open(self.path) as f:
-                mine = f.read() == self._text
+            mine = paths.read_text(self.path) == self._text
             if mine:
-                os.unlink(self.path)
+                paths.remove(self.path)
             else:
                 log.warning("lock %s was taken over by another run; leaving it", self.path)
         except FileNotFoundError:
@@ -336,7 +334,7 @@ def run_identity(config) -> dict[str, object]:
 def _has_state(workdir: str) -> bool:
     """True if a run left anything beyond its lock, identity and config in ``workdir``."""
     ignore = {LOCK_NAME, IDENTITY_NAME, "config.json"}
-    return any(n not in ignore and not n.startswith(".") for n in os.listdir(workdir))
+    return any(n not in ignore and not n.startswith(".") for n in paths.listdir(workdir))
 
 
 def check_identity(config, workdir: str, write: bool = True) -> bool:
@@ -349,7 +347,7 @@ def check_identity(config, workdir: str, write: bool = True) -> bool:
     if record is None:
         return False
     if write and record is not _DEFER:
-        write_json(os.path.join(workdir, IDENTITY_NAME), record)
+        write_json(os.path.join(workdir, IDENTITY_NAME), record, every_process=True)
     return record is _DEFER
 
 
@@ -363,10 +361,9 @@ def identity_record(config, workdir: str, defer: bool = True):
     path = os.path.join(workdir, IDENTITY_NAME)
     now = run_identity(config)
     record = {"identity": now, "created": time.time(), "changes": []}
-    if os.path.isfile(path):
+    if paths.isfile(path):
         try:
-            with open(path) as f:
-                old = json.load(f)
+            old = read_json(path)
             before = dict(old["identity"])
         except (ValueError, KeyError, TypeError) as e:
             raise RunIdentityMismatch(f"{path} is unreadable ({e}); move it away to record this "
@@ -413,10 +410,10 @@ def start_run(config, workdir: str):
 
     from rewardjax.runtime import checkpoint
 
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    if paths.exists(workdir) and not paths.isdir(workdir):
         raise NotADirectoryError(f"--workdir {workdir} is an existing file, not a directory; "
                                  "name a directory (new or a previous run's)")
-    os.makedirs(workdir, exist_ok=True)
+    makedirs(workdir)
     primary = jax.process_index() == 0
     lock = WorkdirLock(workdir).acquire() if primary else None
     before = checkpoint.open_checkpointers()
@@ -428,16 +425,16 @@ def start_run(config, workdir: str):
             if rec is not None:
                 write_json(os.path.join(workdir, IDENTITY_NAME), rec)
             # eval / score / export reload the run from this
-            atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+            write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
     try:
         deferred = check_identity(config, workdir, write=primary)
         if deferred:
             checkpoint._RUN["on_fit"] = record
         elif primary:
-            atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+            write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
         checkpoint._RUN.update(default_lr=checkpoint.default_lr(config),
-                               workdir=os.path.abspath(workdir))
+                               workdir=paths.normalize(workdir))
         yield
         if checkpoint._RUN["on_fit"] is record:  # nothing restored or saved: write it now
             checkpoint._RUN["on_fit"] = None

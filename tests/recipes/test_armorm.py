@@ -11,7 +11,7 @@ from rewardjax.data import simulator
 from rewardjax.export import load_native
 from rewardjax.heads import regression as ridge
 from rewardjax.heads.gating import ArmoRMHead, build_gate
-from rewardjax.recipes.armorm import armorm_data
+from rewardjax.recipes.armorm import data as armorm_data
 from rewardjax.recipes.armorm import train as armorm
 from tests.runtime.helpers import load_recipe
 

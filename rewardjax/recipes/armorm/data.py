@@ -1,11 +1,13 @@
-"""Data preparation for the ArmoRM recipe (:mod:`rewardjax.recipes.armorm.train`): the frozen features
-of step 1, cached on disk, and the per-objective ratings and validation split of stage 1.
+"""Data preparation for the ArmoRM recipe (:mod:`rewardjax.recipes.armorm.train`): the frozen
+features of step 1, cached on disk, and the per-objective ratings and validation split of stage 1.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -13,6 +15,7 @@ import numpy as np
 from rewardjax.data.features import FeatureCache, backbone_fingerprint
 from rewardjax.data.features import pair_features as cached_pair_features
 from rewardjax.runtime.features import BackboneFeatures
+from rewardjax.runtime.workdir import is_local
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,15 @@ def drop_labels(y: np.ndarray, rate: float, seed: int) -> np.ndarray:
     return y
 
 
+def feature_cache_dir(workdir: str) -> str:
+    """``<workdir>/features``; for a non-local workdir (``gs://``) a directory on this machine
+    (the cache is local numpy files, and a cache only pays where reading it is fast)."""
+    if is_local(workdir):
+        return os.path.join(workdir, "features")
+    key = hashlib.sha256(workdir.encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), "rewardjax-features", key)
+
+
 def compute_features(config, workdir: str, sets: dict, train_pairs) -> dict[str, dict]:
     """``{name: {"prompt", "chosen", "rejected"}}`` from the cache; the backbone is built (and
     run) only when some set misses."""
@@ -67,7 +79,7 @@ def compute_features(config, workdir: str, sets: dict, train_pairs) -> dict[str,
     spec = registry.resolve(config.model.path)
     tokenizer = get_tokenizer(config, spec, workdir, lambda: pair_texts(train_pairs))
     fingerprint = backbone_fingerprint(config, tokenizer)
-    cache = FeatureCache(config.armorm.cache_dir or os.path.join(workdir, "features"))
+    cache = FeatureCache(config.armorm.cache_dir or feature_cache_dir(workdir))
     extractor = None
 
     def compute(prompts, responses):

@@ -3,7 +3,6 @@ the frozen backbone), and the scorer the modes use through it."""
 
 from __future__ import annotations
 
-import json
 import os
 
 from rewardjax.export import MANIFEST, NotExportable, load_native, save_armorm, set_normalisation
@@ -11,25 +10,27 @@ from rewardjax.heads.gating import ArmoRMHead
 from rewardjax.runtime.load import eval_statistics
 from rewardjax.runtime.scorer import NativeScorer
 from rewardjax.runtime.setup import build_run
+from rewardjax.runtime.workdir import isfile, local_copy, mtime, read_json, staged_dir
 
 
 def export_armorm(config, workdir: str, out_dir: str, *, normalisation: dict | None = None,
                   head: str = "gate") -> str:
     """An ArmoRM workdir (``configs/armorm.py``) as a native multi-objective model: the frozen
     backbone rebuilt from ``config.model`` (the one its features came from) and the saved
-    ``armorm/<head>`` heads (ridge regression, debiasing, gate)."""
+    ``armorm/<head>`` heads (ridge regression, debiasing, gate). ``out_dir`` is local (the
+    callers stage a non-local one)."""
     directory = os.path.join(workdir, "armorm", head)
-    if not os.path.isfile(os.path.join(directory, "model.json")):
+    if not isfile(os.path.join(directory, "model.json")):
         raise FileNotFoundError(f"no ArmoRM head in {directory}: train the armorm recipe into "
                                 f"--workdir first")
-    with open(os.path.join(directory, "model.json")) as f:
-        features = json.load(f).get("features", {})
+    features = read_json(os.path.join(directory, "model.json")).get("features", {})
     if features and features.get("path") != config.model.path:
         raise ValueError(f"{directory} was fitted on features of {features.get('path')!r}, not "
                          f"model.path={config.model.path!r}: pass the training config")
     run = build_run(config, workdir)
-    return save_armorm(out_dir, run, run.state, ArmoRMHead.load(directory),
-                       normalisation=normalisation)
+    with local_copy(directory) as local:
+        heads = ArmoRMHead.load(local)
+    return save_armorm(out_dir, run, run.state, heads, normalisation=normalisation)
 
 
 def native_scorer(config, workdir: str) -> NativeScorer:
@@ -38,10 +39,14 @@ def native_scorer(config, workdir: str) -> NativeScorer:
     out = os.path.join(workdir, "export")
     head = os.path.join(workdir, "armorm", "gate", "model.npz")
     manifest = os.path.join(out, MANIFEST)
-    if not os.path.isfile(manifest) or (
-            os.path.isfile(head) and os.path.getmtime(head) > os.path.getmtime(manifest)):
-        export_armorm(config, workdir, out)
-    return NativeScorer(load_native(out), batch_size=int(config.eval.batch_size))
+    if not isfile(manifest) or (isfile(head) and mtime(head) > mtime(manifest)):
+        with staged_dir(out) as local:  # each process reads its own copy of what it wrote
+            export_armorm(config, workdir, local)
+            native = load_native(local)
+    else:
+        with local_copy(out) as local:
+            native = load_native(local)
+    return NativeScorer(native, batch_size=int(config.eval.batch_size))
 
 
 def export(config, workdir: str, opts: dict) -> dict:
@@ -53,11 +58,12 @@ def export(config, workdir: str, opts: dict) -> dict:
     if opts["stats"] not in ("eval", "none"):
         raise ValueError(f"export.stats must be eval or none, got {opts['stats']!r}")
     out = opts["dir"] or os.path.join(workdir, "export")
-    export_armorm(config, workdir, out)
-    norm = None
-    if opts["stats"] == "eval":
-        norm = eval_statistics(NativeScorer(load_native(out),
-                                            batch_size=int(config.eval.batch_size)), config)
-        if norm is not None:
-            set_normalisation(out, norm)
+    with staged_dir(out) as local:  # the native writer knows local directories
+        export_armorm(config, workdir, local)
+        norm = None
+        if opts["stats"] == "eval":
+            norm = eval_statistics(NativeScorer(load_native(local),
+                                                batch_size=int(config.eval.batch_size)), config)
+            if norm is not None:
+                set_normalisation(local, norm)
     return {"format": "native", "dir": out, "normalisation": norm}

@@ -22,7 +22,6 @@ The features, objective labels and validation split are prepared in
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -48,9 +47,10 @@ from rewardjax.runtime.checkpoint import nonfinite_error
 from rewardjax.runtime.logging import MetricsWriter, to_python
 from rewardjax.runtime.optim import make_optimizer
 from rewardjax.runtime.scoring import gold_agreement
-from rewardjax.runtime.workdir import owns_workdir
+from rewardjax.runtime.workdir import owns_workdir, staged_dir, write_json, write_npz
 
 # ----------------------------------------------------------------------------- stage 2
+
 
 def gate_config(config):
     """The gate's training settings: ``train.steps`` updates of ``train.batch_size`` pairs (the
@@ -60,7 +60,6 @@ def gate_config(config):
     with cfg.unlocked():
         cfg.steps, cfg.batch_size = int(config.train.steps), int(config.train.batch_size)
     return cfg
-
 
 
 def train_gate(module, x, r_chosen, r_rejected, cfg, seed: int, writer=None, name: str = "",
@@ -243,10 +242,12 @@ def train_armorm(config, workdir: str) -> dict:
             writer.write(int(config.train.steps), f"eval/{name.replace(':', '_')}/{label}", met)
 
     for label, head in heads.items():
-        head.save(os.path.join(workdir, "armorm", label),
-                  {"alphas": fit.alphas.tolist(), "lambdas": deb.lambdas.tolist(),
-                   "features": {"path": config.model.path, "overrides": config.model.overrides,
-                                "max_length": int(config.model.max_length)}})
+        if jax.process_index() == 0:
+            with staged_dir(os.path.join(workdir, "armorm", label)) as local:  # a local writer
+                head.save(local, {
+                    "alphas": fit.alphas.tolist(), "lambdas": deb.lambdas.tolist(),
+                    "features": {"path": config.model.path, "overrides": config.model.overrides,
+                                 "max_length": int(config.model.max_length)}})
     summary = {
         "wall_time_s": time.time() - t_start, "objectives": names,
         "pairs": {"fit": len(fit_idx), "val": len(val_idx),
@@ -257,8 +258,7 @@ def train_armorm(config, workdir: str) -> dict:
     writer.write(int(config.train.steps), "summary", {"wall_time_s": summary["wall_time_s"]})
     writer.close()
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(to_python(summary), f, indent=2)
+        write_json(os.path.join(workdir, "summary.json"), to_python(summary))
         print(format_armorm(summary))
     return summary
 
@@ -332,10 +332,10 @@ def _save_contributions(workdir, name, sc, n, names) -> None:
     if jax.process_index() != 0:
         return
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-    np.savez(os.path.join(workdir, f"contributions_{safe}.npz"), objectives=np.asarray(names),
-             reward_chosen=sc["reward"][:n], reward_rejected=sc["reward"][n:],
-             contributions_chosen=sc["contributions"][:n],
-             contributions_rejected=sc["contributions"][n:], weights=sc["weights"][:n])
+    write_npz(os.path.join(workdir, f"contributions_{safe}.npz"), objectives=np.asarray(names),
+              reward_chosen=sc["reward"][:n], reward_rejected=sc["reward"][n:],
+              contributions_chosen=sc["contributions"][:n],
+              contributions_rejected=sc["contributions"][n:], weights=sc["weights"][:n])
 
 
 def format_armorm(summary: dict) -> str:
