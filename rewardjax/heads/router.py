@@ -1,11 +1,11 @@
 """DMoERM's outer layer: a router from prompt features to task categories (top-1, hard).
 
 The router is a small classifier on a fixed feature vector per prompt (DMoERM uses the pooled
-prompt representation of a frozen backbone, see :mod:`rewardjax.recipes.dmoerm.train`). Its inputs are
-standardised with statistics fitted once on the training features and stored in the module
-(:class:`FeatureStats`, not trained by gradient), so the router works whatever the feature
-scale of the backbone. Routing is hard: each prompt goes to ``argmax`` of the logits, and only
-that category's reward model scores the responses.
+prompt representation of a frozen backbone, see :mod:`rewardjax.recipes.dmoerm.train`). Its
+inputs are standardised with statistics fitted once on the training features and stored in the
+module (:class:`FeatureStats`, not trained by gradient), so the router works whatever the
+feature scale of the backbone. Routing is hard: each prompt goes to ``argmax`` of the logits,
+and only that category's reward model scores the responses.
 
 Typical use::
 

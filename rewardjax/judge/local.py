@@ -1,8 +1,8 @@
 """Judges that run here: a trained reward model, or a causal LM prompted to pick A or B.
 
-* :class:`RewardModelJudge` scores both responses with a reward model (any ``Run`` + state from
-  ``rewardjax.runtime.setup``, scored in length buckets by ``rewardjax.runtime.scoring``) and prefers
-  the higher score. It is order-free by construction, so both orders always agree; it is the
+* :class:`RewardModelJudge` scores both responses with a reward model (any scorer, e.g.
+  ``rewardjax.runtime.scorer.Scorer.score_items`` of a trained workdir) and prefers the higher
+  score. It is order-free by construction, so both orders always agree; it is the
   judge to use when a trusted capability reward model already exists (one per capability).
 * :class:`PromptedLMJudge` renders :func:`~rewardjax.judge.base.judge_messages` with the LM's
   chat template and the generation prompt, runs one forward pass and compares the next-token

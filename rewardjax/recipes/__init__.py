@@ -37,9 +37,12 @@ class Recipe:
       export: ``(config, workdir, options) -> {"format", "dir", "normalisation"}``; ``None``
         when the recipe has no exportable reward model (``no_scorer`` says why).
       no_scorer: why eval / score / export / rewardbench cannot read this recipe's workdir.
-      reads: the config sections this recipe reads besides the shared ones (``model``, ``data``,
-        ``train``, ``eval``, ``mesh``, ...): a key set on the command line in a section no mode
-        or recipe reads is an error (:func:`rewardjax.config.check_unread`).
+      reads: what this recipe's training reads besides the shared run sections
+        (:data:`rewardjax.config.RUN_READS`: ``model``, ``data``, ``train``, ``eval``, ``mesh``,
+        ...): its own sections (``"members"``), and ``"!key: why / what to set instead"`` for a
+        shared key or section it does not honour (a longer path wins: ``"!train"`` then
+        ``"train.steps"``). A key set on the command line that the recipe and mode never read
+        stops the run before any work (:func:`rewardjax.config.check_unread`).
     """
 
     name: str
@@ -88,9 +91,14 @@ def get(name: str) -> Recipe:
     """The recipe registered as ``name``, importing ``rewardjax.recipes.<name>`` (or the module
     ``name`` itself when it is a dotted path) on first use."""
     if name not in _REGISTRY:
-        module = name if "." in name else f"{__name__}.{name}"
-        if "." in name or name in available():
-            importlib.import_module(module)
+        before = set(_REGISTRY)
+        if "." in name:  # a recipe outside the package: the module registers it when imported
+            importlib.import_module(name)
+            new = set(_REGISTRY) - before
+            if name not in _REGISTRY and len(new) == 1:
+                _REGISTRY[name] = _REGISTRY[new.pop()]
+        elif name in available():
+            importlib.import_module(f"{__name__}.{name}")
         if name not in _REGISTRY:
             raise ValueError(f"unknown recipe {name!r}; choose from {available()} or name a "
                              "module that registers it (rewardjax.recipes.register)")

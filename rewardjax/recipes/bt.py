@@ -4,28 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 
 import jax
-import tqdm
 
 from rewardjax.data.batching import BatchPlan, collate_pairs, default_buckets
 from rewardjax.data.packing import PackedPairBatches
 from rewardjax.data.sources import load_sets, load_train_pairs, margin_warning, summary_stats
 from rewardjax.data.tokenize import encode_pairs
 from rewardjax.recipes import Recipe, register
-from rewardjax.runtime.checkpoint import (
-    Checkpointer,
-    NonFiniteLoss,  # noqa: F401 -- its old home
-    nonfinite_error,
-)
+from rewardjax.runtime.checkpoint import Checkpointer
 from rewardjax.runtime.load import checkpoint_scorer, export_checkpoint
 from rewardjax.runtime.logging import MetricsWriter, to_python
 from rewardjax.runtime.scorer import ModelScorer
 from rewardjax.runtime.scoring import format_table
 from rewardjax.runtime.setup import build_run
 from rewardjax.runtime.step import batch_axis_size
+from rewardjax.runtime.trainer import Part, Trainer
 from rewardjax.runtime.workdir import owns_workdir, write_json
 
 log = logging.getLogger(__name__)
@@ -50,58 +45,20 @@ def train(config, workdir: str) -> dict:
     ckpt = Checkpointer(
         os.path.join(workdir, "checkpoints"), tcfg.checkpoint_every, tcfg.keep_checkpoints
     )
-    state = run.state
-    restored = ckpt.resume(state, tcfg.get("resume_step"))
-    if restored is not None:
-        state = restored
-        log.info("resumed from step %d", int(state.step))
     writer = MetricsWriter(workdir, tensorboard=tcfg.tensorboard)
     total = int(tcfg.steps) * int(tcfg.grad_accum)
-    start = int(state.step)
-    sums, count, tokens, t_first = {}, 0, 0.0, None
-    bar = tqdm.tqdm(
-        total=total, initial=start, desc="train", disable=not tcfg.progress, dynamic_ncols=True
+    trainer = Trainer(
+        train_step, lambda step: run.place(batch_at(step)), total_steps=total,
+        parts=[Part(ckpt)], writer=writer, train=tcfg,
+        eval_fn=(lambda state: ModelScorer.of(run, state).evaluate_sets(
+            eval_sets, num_bins=config.eval.num_bins)) if eval_sets else None,
     )
-    for step in range(start, total):
-        batch = run.place(batch_at(step))
-        state, metrics = train_step(state, batch)
-        metrics = jax.device_get(metrics)
-        if not metrics["finite"]:
-            raise nonfinite_error(
-                f"non-finite loss or gradient at step {step + 1} (loss={metrics['loss']}, "
-                f"grad_norm={metrics['grad_norm']}); the update was skipped and the run stopped.",
-                ckpt, step + 1, state, lr=tcfg.lr)
-        if t_first is None:
-            t_first = time.time()  # throughput excludes the first (compiling) step
-        else:
-            tokens += float(metrics["real_tokens"])
-        for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-        count += 1
-        done = step + 1
-        bar.update(1)
-        if done % tcfg.log_every == 0 or done == total:
-            avg = {k: v / count for k, v in sums.items()}
-            elapsed = max(time.time() - t_first, 1e-9)
-            avg["tokens_per_s"] = tokens / elapsed
-            writer.write(done, "train", avg)
-            bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['accuracy']:.3f}")
-            sums, count = {}, 0
-        ckpt.maybe_save(done, state, force=done == total)
-        if tcfg.eval_every and done % tcfg.eval_every == 0 and done != total and eval_sets:
-            results = ModelScorer.of(run, state).evaluate_sets(eval_sets, num_bins=config.eval.num_bins)
-            for name, res in results.items():
-                writer.write(done, f"eval/{name}", res)
-        if tcfg.debug_kill_at_step and done == tcfg.debug_kill_at_step:
-            ckpt.wait()  # a kill after the save landed; the resumed run must match anyway
-            os.kill(os.getpid(), signal.SIGKILL)
-    bar.close()
-    ckpt.close()
+    state = trainer.fit(trainer.restore(run.state, tcfg.get("resume_step")))
 
-    results = ModelScorer.of(run, state).evaluate_sets(eval_sets, num_bins=config.eval.num_bins) if eval_sets else {}
+    results = ModelScorer.of(run, state).evaluate_sets(
+        eval_sets, num_bins=config.eval.num_bins) if eval_sets else {}
     for name, res in results.items():
         writer.write(total, f"eval/{name}", res)
-    train_time = time.time() - (t_first or time.time())
     summary = {
         "steps": int(state.step),
         "wall_time_s": time.time() - t_start,
@@ -109,7 +66,7 @@ def train(config, workdir: str) -> dict:
         "data": {"train": loaded,
                  "eval": {name: summary_stats(stats) for name, _, stats in eval_sets}},
         "truncation": data.stats.as_dict(),
-        "train_real_tokens_per_s": tokens / max(train_time, 1e-9),
+        "train_real_tokens_per_s": trainer.tokens / max(trainer.train_time, 1e-9),
         "eval": results,
         "params": _param_counts(state),
     }

@@ -20,10 +20,8 @@ eval and score modes read a MORE run unchanged); the per-source momentum goes to
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import signal
 import time
 from typing import Any, NamedTuple
 
@@ -31,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 from flax import nnx
 
 from rewardjax.data.batching import collate_pairs, default_buckets
@@ -47,14 +44,15 @@ from rewardjax.losses.more import (
 )
 from rewardjax.recipes import Recipe, register
 from rewardjax.recipes.bt import _param_counts
-from rewardjax.runtime.checkpoint import Checkpointer, nonfinite_error
+from rewardjax.runtime.checkpoint import Checkpointer
 from rewardjax.runtime.load import checkpoint_scorer, export_checkpoint
 from rewardjax.runtime.logging import MetricsWriter, to_python
 from rewardjax.runtime.scorer import ModelScorer
 from rewardjax.runtime.scoring import format_table
 from rewardjax.runtime.setup import build_run
 from rewardjax.runtime.state import TrainState, shardings_of
-from rewardjax.runtime.workdir import owns_workdir
+from rewardjax.runtime.trainer import Part, Trainer
+from rewardjax.runtime.workdir import owns_workdir, write_json
 from rewardjax.sharding import axis_rules
 
 log = logging.getLogger(__name__)
@@ -227,7 +225,9 @@ def train_more(config, workdir: str) -> dict:
     buckets = tuple(config.data.buckets) or default_buckets(config.model.max_length)
     order = split_specs(mcfg.sources) or None
     sources = order or sorted({p.source for p in data.pairs})
-    sub_batch = int(mcfg.sub_batch) or max(1, int(tcfg.batch_size) // len(sources))
+    from rewardjax.config import per_source_batch  # train.batch_size: pairs over all sources
+
+    sub_batch = per_source_batch(tcfg.batch_size, mcfg.sub_batch, len(sources))
     plan = SourceBatchPlan([p.source for p in data.pairs], data.lengths(), sub_batch, buckets,
                            seed=config.seed, order=order)
     log.info("MORE (%s): %d sources x %d pairs a step: %s", mcfg.mode, plan.num_sources,
@@ -249,57 +249,41 @@ def train_more(config, workdir: str) -> dict:
         log.info("resumed from step %d", int(state.train.step))
     writer = MetricsWriter(workdir, tensorboard=tcfg.tensorboard)
     total = int(tcfg.steps) * int(tcfg.grad_accum)
-    start = int(state.train.step)
-    sums, count, tokens, t_first = {}, 0, 0.0, None
     lam_sum, lam_n = np.zeros(plan.num_sources), 0
-    bar = tqdm.tqdm(total=total, initial=start, desc=f"train ({mcfg.mode})",
-                    disable=not tcfg.progress, dynamic_ncols=True)
-    for step in range(start, total):
+
+    def batch_at(step):
         length, idx = plan.at_step(step)
-        batch = run.place(collate_pairs(data, idx, length, plan.batch_size, pad_id, left))
-        state, metrics = train_step(state, batch)
-        metrics = jax.device_get(metrics)
-        if not metrics["finite"]:
-            raise nonfinite_error(
-                f"non-finite loss, gradient or λ at step {step + 1} (loss={metrics['loss']}, "
-                f"grad_norm={metrics['grad_norm']}, lambda={metrics['lambda']}); the update was "
-                "skipped and the run stopped.", ckpt, step + 1, state.train, lr=tcfg.lr)
-        done = step + 1
+        return run.place(collate_pairs(data, idx, length, plan.batch_size, pad_id, left))
+
+    def record_lambda(done, state, metrics):  # every step: λ is MORE's story
+        nonlocal lam_sum, lam_n
         lam = np.asarray(metrics["lambda"], np.float64)
         lam_sum, lam_n = lam_sum + lam, lam_n + 1
-        writer.write(done, "lambda", dict(zip(plan.sources, lam.tolist())))  # every step
-        if t_first is None:
-            t_first = time.time()  # throughput excludes the first (compiling) step
-        else:
-            tokens += float(metrics["real_tokens"])
-        for key, v in _named(metrics, plan.sources).items():
-            sums[key] = sums.get(key, 0.0) + v
-        count += 1
-        bar.update(1)
-        if done % tcfg.log_every == 0 or done == total:
-            avg = {key: v / count for key, v in sums.items()}
-            avg["tokens_per_s"] = tokens / max(time.time() - t_first, 1e-9)
-            writer.write(done, "train", avg)
-            bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['accuracy']:.3f}",
-                            lam=",".join(f"{x:.2f}" for x in lam))
-            sums, count = {}, 0
-        mckpt.maybe_save(done, state.momentum, force=done == total)
-        ckpt.maybe_save(done, state.train, force=done == total)
-        if tcfg.eval_every and done % tcfg.eval_every == 0 and done != total and eval_sets:
-            for name, res in ModelScorer.of(run, state.train).evaluate_sets(eval_sets, num_bins=config.eval.num_bins).items():
-                writer.write(done, f"eval/{name}", res)
-        if tcfg.debug_kill_at_step and done == tcfg.debug_kill_at_step:
-            mckpt.wait()
-            ckpt.wait()  # a kill after the saves landed; the resumed run must match anyway
-            os.kill(os.getpid(), signal.SIGKILL)
-    bar.close()
-    mckpt.close()
-    ckpt.close()
+        writer.write(done, "lambda", dict(zip(plan.sources, lam.tolist())))
 
-    results = ModelScorer.of(run, state.train).evaluate_sets(eval_sets, num_bins=config.eval.num_bins) if eval_sets else {}
+    trainer = Trainer(
+        train_step, batch_at, total_steps=total, writer=writer, train=tcfg,
+        name="train", parts=[Part(mckpt, of=lambda s: s.momentum, main=False),
+                             Part(ckpt, of=lambda s: s.train)],
+        row_fn=lambda metrics: _named(metrics, plan.sources),
+        postfix_fn=lambda row: {"loss": f"{row['loss']:.3f}", "acc": f"{row['accuracy']:.3f}",
+                                "lam": ",".join(f"{row[f'lambda/{s}']:.2f}"
+                                                for s in plan.sources)},
+        eval_fn=(lambda state: ModelScorer.of(run, state.train).evaluate_sets(
+            eval_sets, num_bins=config.eval.num_bins)) if eval_sets else None,
+        nonfinite_message=lambda step, m: (
+            f"non-finite loss, gradient or λ at step {step} (loss={m['loss']}, "
+            f"grad_norm={m['grad_norm']}, lambda={m['lambda']}); the update was skipped and "
+            "the run stopped."),
+        step_of=lambda state: int(state.train.step),
+    )
+    trainer.add_hook(record_lambda, every=1)
+    state = trainer.fit(state)
+
+    results = ModelScorer.of(run, state.train).evaluate_sets(
+        eval_sets, num_bins=config.eval.num_bins) if eval_sets else {}
     for name, res in results.items():
         writer.write(total, f"eval/{name}", res)
-    train_time = time.time() - (t_first or time.time())
     summary: dict[str, Any] = {
         "mode": str(mcfg.mode),
         "steps": int(state.train.step),
@@ -310,19 +294,20 @@ def train_more(config, workdir: str) -> dict:
         # Over the steps this process ran (all of them unless it resumed).
         "lambda_mean": dict(zip(plan.sources, (lam_sum / max(lam_n, 1)).tolist())),
         "truncation": data.stats.as_dict(),
-        "train_real_tokens_per_s": tokens / max(train_time, 1e-9),
+        "train_real_tokens_per_s": trainer.tokens / max(trainer.train_time, 1e-9),
         "eval": results,
         "params": _param_counts(state.train),
     }
     writer.write(total, "summary", summary)
     writer.close()
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(to_python(summary), f, indent=2)
+        write_json(os.path.join(workdir, "summary.json"), to_python(summary))
         print(format_table(summary))
         print("mean λ: " + ", ".join(f"{s} {v:.3f}" for s, v in summary["lambda_mean"].items()))
     return summary
 
 
 register(Recipe("more", train=train_more, load_scorer=checkpoint_scorer,
-                export=export_checkpoint, reads=("more",)))
+                export=export_checkpoint,
+                reads=("more", "!data.packing: one padded sub-batch per source, never packed",
+                       "!data.pack_segments: MORE's batches are never packed")))

@@ -1,7 +1,8 @@
-"""The update of the ``ppo`` recipe (:mod:`rewardjax.recipes.ppo.train`, step 4 of its iteration): the
-train state, the advantages (GAE for PPO, leave-one-out for RLOO), the clipped PPO or REINFORCE
-loss, and one AdamW step followed by the Elastic Reset EMA, scanned over epochs × minibatches in
-one jitted call. Pure functions of arrays: the rollouts and the loop stay in ``ppo``.
+"""The update of the ``ppo`` recipe (:mod:`rewardjax.recipes.ppo.train`, step 4 of its
+iteration): the train state, the advantages (GAE for PPO, leave-one-out for RLOO), the clipped
+PPO or REINFORCE loss, and one AdamW step followed by the Elastic Reset EMA, scanned over epochs
+× minibatches in one jitted call. Pure functions of arrays: the rollouts and the loop stay in
+``ppo``.
 """
 
 from __future__ import annotations

@@ -11,10 +11,13 @@ import logging
 import os
 
 import jax
+import ml_collections
 import numpy as np
 
+from rewardjax.config import base_config
 from rewardjax.data.sources import load_sets
 from rewardjax.export import NotExportable, export_hf, reward_statistics, save_run
+from rewardjax.runtime import paths
 from rewardjax.runtime.checkpoint import Checkpointer
 from rewardjax.runtime.scorer import MembersScorer, ModelScorer, Scorer
 from rewardjax.runtime.setup import build_run
@@ -91,17 +94,20 @@ def export_model(run, state, opts: dict, workdir: str, stats_scorer: Scorer | No
     if opts["stats"] == "eval":
         norm = eval_statistics(stats_scorer or ModelScorer.of(run, state), run.config)
     out = opts["dir"] or os.path.join(workdir, "export")
-    if fmt in ("auto", "hf"):
-        try:
-            export_hf(run, state, out, normalisation=norm, drop_bias=bool(opts["drop_bias"]))
-            fmt = "hf"
-        except NotExportable as e:
-            if fmt == "hf":
-                raise
-            log.warning("no exact HF form (%s); writing the native format instead", e)
-            fmt = "native"
-    if fmt == "native":
-        save_run(run, state, out, normalisation=norm)
+    # the writers know local directories: a gs:// ``out`` is written locally, then copied
+    with paths.staged_dir(out) as local:
+        if fmt in ("auto", "hf"):
+            try:
+                export_hf(run, state, local, normalisation=norm,
+                          drop_bias=bool(opts["drop_bias"]))
+                fmt = "hf"
+            except NotExportable as e:
+                if fmt == "hf":
+                    raise
+                log.warning("no exact HF form (%s); writing the native format instead", e)
+                fmt = "native"
+        if fmt == "native":
+            save_run(run, state, local, normalisation=norm)
     return {"format": fmt, "dir": out, "normalisation": norm}
 
 
@@ -120,3 +126,32 @@ def export_weight_average(config, workdir: str, opts: dict) -> dict:
     members = restore_newest(workdir, template)
     state = run.state._replace(params=average_members(members), frozen=members.frozen)
     return export_model(run, state, opts, workdir)
+
+
+def read_run_config(workdir: str, spec: str = "", key: str = ""):
+    """A trained run's config: ``spec`` (``"configs/x.py[:args]"``) or ``workdir/config.json``
+    (``key``: the config key that names ``spec``, for the error when neither exists)."""
+    if spec:
+        from rewardjax.config import load_config_file
+
+        path, _, arg = spec.partition(":")
+        return load_config_file(path, arg or None)
+    path = os.path.join(workdir, "config.json")
+    if not paths.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found: name the config the run was trained with, e.g. "
+            f"--config.{key or '<key>'}=configs/warm.py:data=hh,model=minilm")
+    # Over today's defaults, so keys added since the run was trained still resolve.
+    config = base_config()
+    _overlay(config, paths.read_json(path))
+    return config
+
+
+def _overlay(config, values: dict) -> None:
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(config.get(key), ml_collections.ConfigDict):
+            _overlay(config[key], value)
+        elif isinstance(value, dict):
+            config[key] = ml_collections.ConfigDict(value)
+        else:
+            config[key] = value

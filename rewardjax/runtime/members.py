@@ -34,15 +34,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from rewardjax.ensembles import weights as ens_weights
 from rewardjax.heads.scalar import LinearHead
-from rewardjax.losses.bradley_terry import bradley_terry_loss
 from rewardjax.runtime.state import TrainState, path_str
-from rewardjax.runtime.step import HOST_ONLY_KEYS, pair_rewards
+from rewardjax.runtime.step import HOST_ONLY_KEYS, bt_update
 from rewardjax.sharding import axis_rules
 
 INITS = ("shared", "seed")
@@ -193,52 +191,6 @@ def make_hypers(run, num_members: int, *, lr_scale=None, dropout_rate=None,
     return MemberHypers(*(jax.device_put(v, replicated) for v in (lr, rate)))
 
 
-def member_update(graphdef, tx, loss_cfg, *, dropout: bool, params, opt_state, rng, batch,
-                  lr_scale, dropout_rate, frozen, step, guard: bool = True):
-    """One member's Bradley-Terry update (un-batched; vmapped or looped by the callers).
-
-    Same semantics as ``make_train_step``: step rng ``fold_in(rng, step)``; a non-finite loss or
-    gradient keeps the member's params and optimizer state and reports ``finite = 0``.
-
-    ``guard=False`` returns the new params and optimizer state even when not finite (the
-    vmapped step guards all members at once, see :func:`guard_members`).
-
-    Returns:
-      ``(params, opt_state, metrics)``.
-    """
-    key = jax.random.fold_in(rng, step)
-
-    def loss_fn(p):
-        model = nnx.merge(graphdef, p, frozen)
-        # A traced rate overrides the backbone's configured rates (see models.llama.dropout_rates).
-        forward = functools.partial(model, dropout_rate=dropout_rate) if dropout else model
-        rc, rr = pair_rewards(forward, batch, key if dropout else None)  # [B], [B]
-        margin = loss_cfg.margin + (batch["margin"] if loss_cfg.use_data_margin else 0.0)
-        return bradley_terry_loss(rc, rr, margin=margin, center_coef=loss_cfg.center_coef,
-                                  weights=batch["weights"])
-
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, new_opt = tx.update(grads, opt_state, params)
-    # AdamW's update is -lr_t * (adam_t + wd * p) with the learning rate applied last (after
-    # clipping, moments and the decoupled weight decay), so scaling the final update by s is
-    # exactly AdamW with learning rate s * lr_t, weight decay included (up to float rounding of
-    # the product). Under MultiSteps the skipped micro-steps emit zeros, which stay zeros.
-    updates = jax.tree.map(lambda u: (u * lr_scale).astype(u.dtype), updates)
-    new_params = optax.apply_updates(params, updates)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    metrics = dict(
-        metrics,
-        grad_norm=grad_norm,
-        finite=finite.astype(jnp.float32),
-        real_tokens=jnp.sum(batch["attention_mask"] * batch["weights"][:, None, None]),
-    )
-    if not guard:
-        return new_params, new_opt, metrics
-    return keep(new_params, params), keep(new_opt, opt_state), metrics
-
-
 def guard_members(finite: jax.Array, new, old):
     """``new`` where member ``i`` is finite (``finite[i]``), else ``old``, for ``[M, ...]`` trees.
 
@@ -267,17 +219,17 @@ def make_member_step(run, *, dropout: bool = True, sequential: bool = False,
       dropout: apply dropout at ``hypers.dropout_rate`` (off: deterministic forward).
       sequential: update one member at a time instead of all at once under ``vmap``, for when
         M members' activations and gradients do not fit. It runs the same
-        :func:`member_update` on member ``i``'s slice (same batch rows, rng, hyperparameters,
-        shared step) and writes it back in place; members never interact, so the result equals
-        the vmapped step up to float reduction order. Either mode, for a member with
-        ``lr_scale = 1`` (and no dropout, or a rate equal to the backbone's configured ones),
+        :func:`~rewardjax.runtime.step.bt_update` on member ``i``'s slice (same batch rows, rng,
+        hyperparameters, shared step) and writes it back in place; members never interact, so
+        the result equals the vmapped step up to float reduction order. Either mode, for a member
+        with ``lr_scale = 1`` (and no dropout, or a rate equal to the backbone's configured ones),
         equals ``run.train_step`` applied to ``TrainState(step, params[i], frozen,
         opt_state[i], rng[i])`` on batch ``i``.
       trace_guard: e.g. ``chex.assert_max_traces(n=1)`` in tests.
     """
     sh = member_shardings(run)
     dyn_sh = (sh.step, sh.params, sh.opt_state, sh.rng)
-    update = functools.partial(member_update, run.graphdef, run.tx, run.config.loss,
+    update = functools.partial(bt_update, run.graphdef, run.tx, run.config.loss,
                                dropout=dropout)
 
     def one(params, opt_state, rng, batch, lr_scale, dropout_rate, frozen, step, guard=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -103,6 +104,54 @@ def place_batch(batch: dict[str, np.ndarray], mesh, rules) -> dict[str, jax.Arra
     return out
 
 
+def bt_update(graphdef, tx, loss_cfg, *, params, opt_state, rng, batch, frozen, step,
+              dropout: bool, lr_scale=None, dropout_rate=None, guard: bool = True):
+    """One Bradley-Terry update of one reward model: the step every trainer of a BT model runs
+    (:func:`make_train_step` jits it for one model, ``runtime.members`` vmaps it over stacked
+    members).
+
+    The step's rng is ``fold_in(rng, step)`` so it depends only on the step number (exact
+    resume). A non-finite loss or gradient keeps ``params`` and ``opt_state`` and reports
+    ``finite = 0``; ``guard=False`` returns the new ones anyway (a vmapped caller guards every
+    member at once).
+
+    Args:
+      lr_scale: multiplies the final update (a member's learning-rate scale; ``None``: 1). AdamW
+        applies the learning rate last (after clipping, moments and the decoupled weight decay),
+        so scaling the update by s is AdamW at rate s * lr_t, weight decay included (up to float
+        rounding); under MultiSteps the skipped micro-steps emit zeros, which stay zeros.
+      dropout_rate: a traced rate overriding the backbone's configured ones (members).
+
+    Returns:
+      ``(params, opt_state, metrics)``.
+    """
+    key = jax.random.fold_in(rng, step)
+
+    def loss_fn(p):
+        model = nnx.merge(graphdef, p, frozen)
+        forward = model
+        if dropout and dropout_rate is not None:  # see models.llama.dropout_rates
+            forward = functools.partial(model, dropout_rate=dropout_rate)
+        rc, rr = pair_rewards(forward, batch, key if dropout else None)  # [B], [B]
+        margin = loss_cfg.margin + (batch["margin"] if loss_cfg.use_data_margin else 0.0)
+        return bradley_terry_loss(rc, rr, margin=margin, center_coef=loss_cfg.center_coef,
+                                  weights=batch["weights"])
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt = tx.update(grads, opt_state, params)
+    if lr_scale is not None:
+        updates = jax.tree.map(lambda u: (u * lr_scale).astype(u.dtype), updates)
+    new_params = optax.apply_updates(params, updates)
+    metrics = dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32),
+                   real_tokens=real_tokens(batch))
+    if not guard:
+        return new_params, new_opt, metrics
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    return keep(new_params, params), keep(new_opt, opt_state), metrics
+
+
 def make_train_step(
     graphdef,
     tx: optax.GradientTransformation,
@@ -114,49 +163,17 @@ def make_train_step(
     dropout: bool = True,
     trace_guard=None,
 ) -> Callable:
-    """Returns ``train_step(state, batch) -> (state, metrics)``, jitted with donation.
-
-    The step's rng is ``fold_in(state.rng, state.step)`` so it depends only on the step number
-    (exact resume). A non-finite loss or gradient leaves params and optimizer state unchanged
-    and reports ``finite = 0`` so the loop can stop with the last good state.
-    """
+    """Returns ``train_step(state, batch) -> (state, metrics)``: :func:`bt_update` on a
+    :class:`TrainState`, jitted with donation."""
 
     def step(state: TrainState, batch):
         with axis_rules(mesh, rules):
-            rng = jax.random.fold_in(state.rng, state.step)
-
-            def loss_fn(params):
-                model = nnx.merge(graphdef, params, state.frozen)
-                rc, rr = pair_rewards(model, batch, rng if dropout else None)
-                margin = loss_cfg.margin + (batch["margin"] if loss_cfg.use_data_margin else 0.0)
-                return bradley_terry_loss(
-                    rc,
-                    rr,
-                    margin=margin,
-                    center_coef=loss_cfg.center_coef,
-                    weights=batch["weights"],
-                )
-
-            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-            grad_norm = optax.global_norm(grads)
-            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-            new_state = TrainState(
-                step=state.step + 1,
-                params=keep(params, state.params),
-                frozen=state.frozen,
-                opt_state=keep(opt_state, state.opt_state),
-                rng=state.rng,
-            )
-            metrics = dict(
-                metrics,
-                grad_norm=grad_norm,
-                finite=finite.astype(jnp.float32),
-                real_tokens=real_tokens(batch),
-            )
-            return new_state, metrics
+            params, opt_state, metrics = bt_update(
+                graphdef, tx, loss_cfg, params=state.params, opt_state=state.opt_state,
+                rng=state.rng, batch=batch, frozen=state.frozen, step=state.step,
+                dropout=dropout)
+            return TrainState(step=state.step + 1, params=params, frozen=state.frozen,
+                              opt_state=opt_state, rng=state.rng), metrics
 
     if trace_guard is not None:  # e.g. chex.assert_max_traces(n=1) in tests
         step = trace_guard(step)

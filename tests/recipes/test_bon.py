@@ -196,16 +196,17 @@ def test_sampled_pools_from_a_tiny_policy_are_cached(tmp_path, monkeypatch):
 
 def test_run_config_from_config_json_over_current_defaults(tmp_path):
     from configs.bon import get_config
-    from rewardjax.recipes.bon.scoring import load_run_config, scoring_config
+    from rewardjax.recipes.bon.scoring import scoring_config
+    from rewardjax.runtime.load import read_run_config
 
     saved = {"model": {"path": "random:llama", "max_length": 512}, "data": {"truncation": "drop"},
              "old_section": {"x": 1}}
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    config = load_run_config(str(tmp_path))
+    config = read_run_config(str(tmp_path))
     assert config.model.path == "random:llama" and config.old_section.x == 1
     assert config.lora.enabled is False  # keys the old run did not save come from the defaults
     scored = scoring_config(config, get_config("").bon)
     assert scored.model.max_length == 256 and scored.data.truncation == "keep_end"
     assert config.model.max_length == 512  # the loaded config itself is not modified
-    with pytest.raises(FileNotFoundError, match="warm_config"):
-        load_run_config(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="--config.bon.warm_config=configs/warm.py"):
+        read_run_config(str(tmp_path / "missing"), key="bon.warm_config")

@@ -12,9 +12,9 @@ import pytest
 
 from rewardjax.averaging.ema import elastic_reset
 from rewardjax.eval.plots import pareto_front
-from rewardjax.recipes.ppo import ppo_update
 from rewardjax.recipes.ppo import train as ppo
 from rewardjax.recipes.ppo.rewards import length_scorer, shape_scores
+from rewardjax.rl import ppo_update
 from tests.runtime.helpers import load_recipe as load_config
 
 

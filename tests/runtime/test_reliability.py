@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from rewardjax.recipes.bt import train
+from rewardjax.runtime import paths as paths_mod
 from rewardjax.runtime import workdir as wd_mod
 from rewardjax.runtime.checkpoint import (
     Checkpointer,
@@ -108,9 +109,9 @@ def test_nan_stop_before_any_checkpoint_says_so(tmp_path):
 
 
 def test_one_nonfinite_error_type_for_every_loop():
-    import rewardjax.recipes.bt as loop
+    import rewardjax.runtime.trainer as trainer
 
-    assert loop.NonFiniteLoss is NonFiniteLoss
+    assert trainer.nonfinite_error("x", None, 1, None, lr=1.0).__class__ is NonFiniteLoss
     assert issubclass(NonFiniteLoss, RuntimeError) and issubclass(NonFiniteLoss, FloatingPointError)
 
 
@@ -249,7 +250,7 @@ def _enospc(*_, **__):
 def test_full_disk_json_write_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "summary.json"
     path.write_text('{"old": 1}')
-    monkeypatch.setattr(wd_mod, "_fsync", _enospc)
+    monkeypatch.setattr(paths_mod, "_fsync", _enospc)
     with pytest.raises(DiskFull) as err:
         atomic_write(str(path), '{"new": 2}')
     assert str(err.value) == (f"{path}: no space left on device while writing it (the previous "
@@ -273,14 +274,14 @@ def test_full_disk_checkpoint_save_is_one_line(tmp_path, monkeypatch):
 
 
 def test_full_disk_at_the_end_of_training(tmp_path, monkeypatch):
-    real = wd_mod._fsync
+    real = paths_mod._fsync
 
     def fsync(fd):
         if ".summary.json." in os.readlink(f"/proc/self/fd/{fd}"):
             _enospc()
         real(fd)
 
-    monkeypatch.setattr(wd_mod, "_fsync", fsync)
+    monkeypatch.setattr(paths_mod, "_fsync", fsync)
     wd = str(tmp_path / "run")
     with pytest.raises(DiskFull) as err:
         train(_config(steps=2, checkpoint_every=1), wd)

@@ -13,7 +13,6 @@ curves in :mod:`rewardjax.eval.bon_curves`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -26,9 +25,19 @@ from rewardjax.eval import plots
 from rewardjax.eval.bon_curves import bon_curves, default_ns, kl_bon, reference_curves
 from rewardjax.eval.bon_pools import Pool, length_scores, load_alpaca_pools, read_prompts
 from rewardjax.models import registry
-from rewardjax.recipes.bon.scoring import load_run_config, rm_scores, score_all, scoring_config
+from rewardjax.recipes.bon.scoring import rm_scores, score_all, scoring_config
 from rewardjax.rl import sampling
+from rewardjax.runtime.load import read_run_config
 from rewardjax.runtime.logging import to_python
+from rewardjax.runtime.workdir import (
+    is_main_process,
+    isfile,
+    makedirs,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+    write_npz,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +53,8 @@ def sample_pools(config, workdir: str) -> list[Pool]:
     prompts = read_prompts(b.prompts, int(b.num_prompts), int(b.seed))
     cache = os.path.join(workdir, "samples.jsonl")
     texts = None
-    if os.path.isfile(cache):
-        with open(cache) as f:
-            rows = [json.loads(line) for line in f]
+    if isfile(cache):
+        rows = read_jsonl(cache)
         if [r["prompt"] for r in rows] == prompts and all(
                 len(r["samples"]) == int(b.num_samples) for r in rows):
             texts = [r["samples"] for r in rows]
@@ -59,14 +67,13 @@ def sample_pools(config, workdir: str) -> list[Pool]:
         out = sampling.sample_texts(model, tok, prompts, cfg, num_samples=int(b.num_samples),
                                     batch_size=int(b.sample_batch_size), seed=int(b.seed))
         texts = [[s["text"] for s in samples] for samples in out]
-        with open(cache, "w") as f:
-            for prompt, samples in zip(prompts, texts):
-                f.write(json.dumps({"prompt": prompt, "samples": samples}) + "\n")
+        write_jsonl(cache, ({"prompt": prompt, "samples": samples}
+                            for prompt, samples in zip(prompts, texts)))
     pools = [Pool([{"role": "user", "content": q}], list(samples), np.zeros(len(samples)),
                   [f"sample_{i}" for i in range(len(samples))])
              for q, samples in zip(prompts, texts)]
     if b.gold_workdir:
-        cfg = scoring_config(load_run_config(b.gold_workdir, b.gold_config), b)
+        cfg = scoring_config(read_run_config(b.gold_workdir, b.gold_config, "bon.gold_config"), b)
         gold = rm_scores(cfg, b.gold_workdir, pools, "gold")[0]["gold"]
     else:
         log.warning("bon.gold_workdir is empty: gold = response length (smoke runs only)")
@@ -107,7 +114,7 @@ def load_pools(config, workdir: str) -> list[Pool]:
 def run_bon(config, workdir: str) -> dict:
     """Recipe ``bon``: score pools, compute best-of-n curves, write ``bon.json`` and PNG plots."""
     t0 = time.time()
-    os.makedirs(workdir, exist_ok=True)
+    makedirs(workdir)
     b = config.bon
     pools = load_pools(config, workdir)
     gold = [p.gold for p in pools]
@@ -126,13 +133,12 @@ def run_bon(config, workdir: str) -> dict:
     summary = {"source": b.source, "pools": len(pools), "pool_sizes": sizes, "n": ns,
                "kl_bon": kl_bon(ns), "scorers": curves, **refs,
                "scoring": timings, "wall_time_s": time.time() - t0}
-    np.savez_compressed(os.path.join(workdir, "bon_scores.npz"),
-                        gold=np.concatenate(gold), sizes=[len(g) for g in gold],
-                        **{k: np.concatenate(v) for k, v in scores.items()})
-    paths = plots.plot_bon(summary, workdir)
+    write_npz(os.path.join(workdir, "bon_scores.npz"), compressed=True,
+              gold=np.concatenate(gold), sizes=[len(g) for g in gold],
+              **{k: np.concatenate(v) for k, v in scores.items()})
+    paths = plots.plot_bon(summary, workdir) if is_main_process() else []
     summary["plots"] = paths
-    with open(os.path.join(workdir, "bon.json"), "w") as f:
-        json.dump(to_python(summary), f, indent=2)
+    write_json(os.path.join(workdir, "bon.json"), to_python(summary))
     print(format_bon_table(summary))
     print(f"wall {summary['wall_time_s']:.1f}s; {workdir}/bon.json; plots: {', '.join(paths)}")
     return summary

@@ -6,12 +6,10 @@ model (smoke runs) and the length proxy.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 
-import ml_collections
 import numpy as np
 
 from rewardjax.config import base_config
@@ -20,7 +18,7 @@ from rewardjax.data.tokenize import encode_responses
 from rewardjax.ensembles.predictions import combine
 from rewardjax.eval.bon_pools import Pool, length_scores, split_by_pool
 from rewardjax.runtime.checkpoint import Checkpointer
-from rewardjax.runtime.load import load_trained
+from rewardjax.runtime.load import load_trained, read_run_config
 from rewardjax.runtime.members import average_members, init_members, member_params
 from rewardjax.runtime.scorer import ModelScorer
 from rewardjax.runtime.setup import build_run
@@ -28,35 +26,6 @@ from rewardjax.runtime.setup import build_run
 log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- scoring
-
-
-def load_run_config(workdir: str, spec: str = ""):
-    """A trained run's config: ``spec`` (``"configs/x.py[:args]"``) or ``workdir/config.json``."""
-    if spec:
-        from rewardjax.config import load_config_file
-
-        path, _, arg = spec.partition(":")
-        return load_config_file(path, arg or None)
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path} not found: name the config the run was trained with, e.g. "
-            f"--config.bon.warm_config=configs/warm.py:data=hh,model=minilm")
-    # Over today's defaults, so keys added since the run was trained still resolve.
-    config = base_config()
-    with open(path) as f:
-        _overlay(config, json.load(f))
-    return config
-
-
-def _overlay(config, values: dict) -> None:
-    for key, value in values.items():
-        if isinstance(value, dict) and isinstance(config.get(key), ml_collections.ConfigDict):
-            _overlay(config[key], value)
-        elif isinstance(value, dict):
-            config[key] = ml_collections.ConfigDict(value)
-        else:
-            config[key] = value
 
 
 def scoring_config(run_config, bon_cfg):
@@ -135,13 +104,13 @@ def score_all(config, workdir: str, pools: list[Pool]):
         scores["length"] = length_scores(pools)
     jobs = []
     if b.rm_workdir:
-        jobs.append(("RM", lambda: rm_scores(
-            scoring_config(load_run_config(b.rm_workdir, b.rm_config), b), b.rm_workdir, pools)))
+        rm_config = read_run_config(b.rm_workdir, b.rm_config, "bon.rm_config")
+        jobs.append(("RM", lambda: rm_scores(scoring_config(rm_config, b), b.rm_workdir, pools)))
     if b.warm_workdir:
         combiners = [m.strip() for m in str(b.combiners).split(",") if m.strip()]
-        jobs.append(("WARM", lambda: warm_scores(
-            scoring_config(load_run_config(b.warm_workdir, b.warm_config), b), b.warm_workdir,
-            pools, combiners, float(b.uwo_lambda))))
+        warm_config = read_run_config(b.warm_workdir, b.warm_config, "bon.warm_config")
+        jobs.append(("WARM", lambda: warm_scores(scoring_config(warm_config, b), b.warm_workdir,
+                                                 pools, combiners, float(b.uwo_lambda))))
     if b.init_model:
         jobs.append(("init_rm", lambda: init_scores(b.init_model, b, workdir, pools,
                                                     config.seed)))

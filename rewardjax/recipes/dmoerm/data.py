@@ -1,7 +1,8 @@
 """DMoERM data and features: capability labels, per-member subsets, prompt and expert outputs.
 
-The preparation half of :mod:`rewardjax.recipes.dmoerm.train`: which capability points a training set
-rates and each pair's label on them (:data:`LABELERS`), batch plans over member-specific subsets
+The preparation half of :mod:`rewardjax.recipes.dmoerm.train`: which capability points a
+training set rates and each pair's label on them (from ratings; judges: :mod:`.labels`), batch
+plans over member-specific subsets
 (:class:`SubsetPlans`), the concatenated capability datasets with sides oriented by the label
 (:func:`oriented_dataset`), and the features computed by a trained model over encoded
 sequences: the K experts' rewards and embeddings (:func:`expert_outputs`) and the router's prompt
@@ -41,9 +42,6 @@ def capability_labels_from_ratings(pairs, capability: str) -> np.ndarray:
     return out
 
 
-LABELERS = {"ratings": capability_labels_from_ratings}
-
-
 def capabilities_of(pairs, exclude=()) -> list[str]:
     """Capability points rated on ``pairs`` (first-seen order), without ``exclude``."""
     names: list[str] = []
@@ -51,8 +49,10 @@ def capabilities_of(pairs, exclude=()) -> list[str]:
         attrs = p.meta.get("attrs_chosen")
         if not attrs:
             raise ValueError(f"training pair {i} ({p.meta.get('pair_id', '?')}) has no "
-                             "capability ratings in meta['attrs_chosen']; DMoERM needs capability "
-                             "labels (simulator ratings, or a judge in dmoerm.LABELERS)")
+                             "capability ratings in meta['attrs_chosen']; DMoERM needs "
+                             "capability labels: simulator ratings, or name the capabilities "
+                             "with --config.dmoerm.capabilities and label them with a judge "
+                             "(--config.dmoerm.capability_labels=judge)")
         names += [a for a in attrs if a not in names and a not in exclude]
     return names
 

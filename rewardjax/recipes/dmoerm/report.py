@@ -9,7 +9,6 @@ against the pairs' labels; gold accuracy against the simulator's gold reward (ti
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -19,11 +18,11 @@ from rewardjax.ensembles.predictions import combine
 from rewardjax.eval.metrics import pairwise_accuracy
 from rewardjax.heads.router import route
 from rewardjax.recipes.dmoerm.data import (
-    LABELERS,
     expert_outputs,
     router_inputs,
 )
 from rewardjax.runtime.scoring import gold_agreement
+from rewardjax.runtime.workdir import write_jsonl, write_npz
 
 METHODS = ("single", "ens_mean", "ens_wco", "ens_uwo", "dmoerm", "dmoerm_oracle",
            "dmoerm_no_router")
@@ -92,9 +91,9 @@ def _score_routed(router_model, run_full, run_lora, enc, seqs, true, categories,
 
 
 def evaluate(run_full, run_lora, eval_sets, config, *, categories, single, ensemble, models,
-             workdir) -> dict:
-    """Scores every eval set with every trained model; writes ``capability_scores.jsonl``."""
-    labeler = LABELERS[config.dmoerm.capability_labels]
+             workdir, labeler) -> dict:
+    """Scores every eval set with every trained model; writes ``capability_scores.jsonl``.
+    ``labeler`` gives the reference capability labels (the one training used)."""
     lam = float(config.baselines.uwo_lambda)
     results, router_acc, cap_acc, rows, saved = {}, {}, {}, [], {}
     for name, pairs, _ in eval_sets:
@@ -143,10 +142,8 @@ def evaluate(run_full, run_lora, eval_sets, config, *, categories, single, ensem
                     for k, cap in enumerate(models["no_router"].caps)}
             rows.append(row)
     # Per-pair rewards ([2N]: chosen then rejected) for paired comparisons between methods.
-    np.savez(os.path.join(workdir, "pair_rewards.npz"), **saved)
-    with open(os.path.join(workdir, "capability_scores.jsonl"), "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    write_npz(os.path.join(workdir, "pair_rewards.npz"), **saved)
+    write_jsonl(os.path.join(workdir, "capability_scores.jsonl"), rows)
     return {"results": results, "router_accuracy": router_acc, "capability_accuracy": cap_acc}
 
 

@@ -20,9 +20,10 @@ Baselines on the same data: the single RM (full fine-tune, ``train.steps``) and 
 independently seeded LoRA RMs on it (adapter seed and data order; optionally a fresh head each),
 combined by mean, min (WCO) and UWO. Every LoRA model (expert or member) gets the same steps.
 
-Capability labels come from :data:`~rewardjax.recipes.dmoerm.data.LABELERS`
-(``dmoerm.capability_labels``): on the simulator, each response's attribute ratings; a judge can
-be registered there with the same signature. The data and feature preparation (labels, subsets,
+Capability labels come from :mod:`~rewardjax.recipes.dmoerm.labels`
+(``dmoerm.capability_labels``): on the simulator, each response's attribute ratings; otherwise a
+judge chosen by ``dmoerm.judge`` (HTTP, a local LM, or a trained reward model's scorer) asked in
+both orders. The data and feature preparation (labels, subsets,
 prompt and expert features) lives in :mod:`rewardjax.recipes.dmoerm.data`, the evaluation in
 :mod:`rewardjax.recipes.dmoerm.report`.
 """
@@ -30,7 +31,6 @@ prompt and expert features) lives in :mod:`rewardjax.recipes.dmoerm.data`, the e
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -38,7 +38,6 @@ import zlib
 
 import jax
 import numpy as np
-import tqdm
 
 from rewardjax.data.batching import default_buckets
 from rewardjax.data.sources import load_sets, load_train_pairs
@@ -46,21 +45,22 @@ from rewardjax.data.tokenize import encode_pairs
 from rewardjax.heads.moe import concat_experts, fit_aggregator
 from rewardjax.heads.router import fit_router
 from rewardjax.recipes.dmoerm.data import (
-    LABELERS,
     SubsetPlans,
     capabilities_of,
     expert_outputs,
     oriented_dataset,
     router_inputs,
 )
-from rewardjax.runtime.checkpoint import Checkpointer, nonfinite_error
+from rewardjax.recipes.dmoerm.labels import make_labeler
+from rewardjax.runtime.checkpoint import Checkpointer
 from rewardjax.runtime.logging import MetricsWriter, to_python
 from rewardjax.runtime.members import init_members, make_member_step, member_params
 from rewardjax.runtime.members_data import collate_members, place_members
 from rewardjax.runtime.optim import make_optimizer
 from rewardjax.runtime.setup import build_run
 from rewardjax.runtime.state import path_str
-from rewardjax.runtime.workdir import owns_workdir
+from rewardjax.runtime.trainer import Part, Trainer
+from rewardjax.runtime.workdir import owns_workdir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -162,29 +162,16 @@ def train_members(name, run, state, hypers, data, subsets, seeds, config, workdi
     plans = SubsetPlans(data.lengths(), subsets, tcfg.batch_size, buckets, seeds)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), config.train.checkpoint_every,
                         config.train.keep_checkpoints)
-    restored = ckpt.resume(state)  # each stage resumes its own newest intact step
-    state = state if restored is None else restored
     pad_id, left = run.tokenizer.pad_token_id, config.data.padding_side == "left"
-    total = int(tcfg.steps)
-    bar = tqdm.tqdm(total=total, initial=int(state.step), desc=f"{name} ({len(subsets)})",
-                    disable=not config.train.progress, dynamic_ncols=True)
-    for s in range(int(state.step), total):
-        batch = place_members(run, collate_members(data, plans, s, pad_id, left))
-        state, metrics = step(state, batch, hypers)
-        metrics = jax.device_get(metrics)
-        if not np.all(metrics["finite"]):
-            lr_key = "dmoerm.lora_lr" if run.config.lora.enabled else "train.lr"
-            raise nonfinite_error(f"{name}: non-finite loss at step {s + 1}; stopped.", ckpt,
-                                  s + 1, state, lr=tcfg.lr, lr_key=lr_key, resume_key=None)
-        bar.update(1)
-        if (s + 1) % config.train.log_every == 0 or s + 1 == total:
-            writer.write(s + 1, f"train/{name}", {k: np.asarray(v).tolist()
-                                                  for k, v in metrics.items()})
-            bar.set_postfix(loss=f"{np.mean(metrics['loss']):.3f}")
-        ckpt.maybe_save(s + 1, state, force=s + 1 == total)
-    bar.close()
-    ckpt.close()
-    return state
+    trainer = Trainer(
+        lambda state, batch: step(state, batch, hypers),
+        lambda s: place_members(run, collate_members(data, plans, s, pad_id, left)),
+        total_steps=int(tcfg.steps), parts=[Part(ckpt)], writer=writer, train=config.train,
+        name=f"train/{name}", reduce="last",
+        nonfinite_message=lambda s, m: f"{name}: non-finite loss at step {s}; stopped.",
+        nonfinite_kw={"lr": tcfg.lr, "resume_key": None,
+                      "lr_key": "dmoerm.lora_lr" if run.config.lora.enabled else "train.lr"})
+    return trainer.fit(trainer.restore(state))  # each stage resumes its own newest intact step
 
 
 @dataclasses.dataclass
@@ -217,9 +204,7 @@ def train_dmoerm(config, workdir: str) -> dict:
     variants = [v.strip() for v in str(d.variants).split(",") if v.strip()]
     if not variants or set(variants) - set(VARIANTS):
         raise ValueError(f"dmoerm.variants={d.variants!r}: choose from {VARIANTS}")
-    if d.capability_labels not in LABELERS:
-        raise ValueError(f"dmoerm.capability_labels={d.capability_labels!r}: choose from "
-                         f"{sorted(LABELERS)}")
+    labeler = make_labeler(config, workdir)  # ratings, or a judge chosen by dmoerm.judge
     keep = {c.strip() for c in str(d.categories).split(",") if c.strip()}
     train_pairs = [p for p in load_train_pairs(config.data) if not keep or p.category in keep]
     eval_sets = [(name, [p for p in pairs if not keep or p.category in keep], stats)
@@ -234,8 +219,9 @@ def train_dmoerm(config, workdir: str) -> dict:
         raise ValueError("DMoERM's router needs Pair.category on every training pair")
     categories = sorted(set(cats.tolist()))
     excluded = tuple(x.strip() for x in str(d.exclude_capabilities).split(",") if x.strip())
-    all_caps = capabilities_of(data.pairs, excluded)
-    labels = {c: LABELERS[d.capability_labels](data.pairs, c) for c in all_caps}
+    named = [c.strip() for c in str(d.capabilities).split(",") if c.strip()]
+    all_caps = [c for c in named if c not in excluded] or capabilities_of(data.pairs, excluded)
+    labels = {c: labeler(data.pairs, c) for c in all_caps}
     writer = MetricsWriter(workdir, tensorboard=config.train.tensorboard)
     full_dropout = bool(config.train.dropout) and bool(
         getattr(run_full.spec.config, "hidden_dropout", 0.0))
@@ -325,18 +311,19 @@ def train_dmoerm(config, workdir: str) -> dict:
 
     summary = report.evaluate(run_full, run_lora, eval_sets, config, categories=categories,
                               single=single, ensemble=ensemble, models=models,
-                              workdir=workdir)
+                              workdir=workdir, labeler=labeler)
     clock.lap("evaluate")
     summary.update(
         train_pairs=len(data), categories=categories, capabilities=all_caps,
         capability_pairs={c: int(np.sum(labels[c] != 0)) for c in all_caps},
         budget=report.budget(config, categories, models, m), seconds=clock.laps,
+        **({"judge_labels": {c: n.as_dict() for c, n in labeler.counts.items()}}
+           if hasattr(labeler, "counts") else {}),
         wall_time_s=time.time() - t_start)
     writer.write(int(config.train.steps), "dmoerm", summary)
     writer.close()
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "dmoerm.json"), "w") as f:
-            json.dump(to_python(summary), f, indent=2)
+        write_json(os.path.join(workdir, "dmoerm.json"), to_python(summary))
         print(report.format_tables(summary))
         print(f"wall {summary['wall_time_s']:.1f}s; details in {workdir}/dmoerm.json")
     return summary

@@ -36,6 +36,7 @@ from rewardjax.config import base_config
 from rewardjax.data.records import Response
 from rewardjax.data.tokenize import encode_responses
 from rewardjax.runtime.scorer import ModelScorer
+from rewardjax.runtime.workdir import isfile, makedirs, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,11 @@ class RMScorer:
 
     def __init__(self, workdir: str, config_spec: str = "", *, max_length: int = 512,
                  batch_size: int = 16):
-        from rewardjax.recipes.bon.scoring import load_run_config, scoring_config
-        from rewardjax.runtime.load import load_trained
+        from rewardjax.recipes.bon.scoring import scoring_config
+        from rewardjax.runtime.load import load_trained, read_run_config
 
         opts = types.SimpleNamespace(max_length=int(max_length), batch_size=int(batch_size))
-        self.config = scoring_config(load_run_config(workdir, config_spec), opts)
+        self.config = scoring_config(read_run_config(workdir, config_spec), opts)
         self.run = load_trained(self.config, workdir)
         self.workdir = workdir
 
@@ -107,7 +108,7 @@ def sim_rm_config(section, seed: int):
 
 def train_sim_rm(section, directory: str, seed: int) -> str:
     """Trains the simulator reward model into ``directory`` unless it is already there."""
-    if os.path.isfile(os.path.join(directory, "summary.json")):
+    if isfile(os.path.join(directory, "summary.json")):
         return directory
     from rewardjax.recipes.bt import train
 
@@ -135,10 +136,8 @@ def probe_rm_config(section, seed: int):
 def train_probe_rm(section, directory: str, seed: int = 0) -> str:
     """Fits the linear-probe reward model into ``directory`` (checkpoint, ``config.json``,
     ``summary.json`` with its held-out accuracy) unless it is already there."""
-    if os.path.isfile(os.path.join(directory, "summary.json")):
+    if isfile(os.path.join(directory, "summary.json")):
         return directory
-    import json
-
     from rewardjax.data.sources import load_sets, load_train_pairs
     from rewardjax.runtime.checkpoint import Checkpointer
     from rewardjax.runtime.logging import to_python
@@ -146,21 +145,20 @@ def train_probe_rm(section, directory: str, seed: int = 0) -> str:
     from rewardjax.runtime.setup import build_run
 
     config = probe_rm_config(section, seed)
-    os.makedirs(directory, exist_ok=True)
+    makedirs(directory)
     pairs = load_train_pairs(config.data)
     log.info("fitting the linear-probe reward model %s on %d pairs", directory, len(pairs))
     run = build_run(config, directory, pairs)
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    write_text(os.path.join(directory, "config.json"), config.to_json_best_effort(indent=2))
     state = init_head_by_probe(run, run.state, pairs, config, l2=float(section.l2))
     ckpt = Checkpointer(os.path.join(directory, "checkpoints"), 0)
     ckpt.maybe_save(1, state, force=True)
     ckpt.close()
     eval_sets = load_sets(config.data.eval, config.data)
     summary = {"train_pairs": len(pairs),
-               "eval": ModelScorer.of(run, state).evaluate_sets(eval_sets, num_bins=config.eval.num_bins) if eval_sets else {}}
-    with open(os.path.join(directory, "summary.json"), "w") as f:
-        json.dump(to_python(summary), f, indent=2)
+               "eval": ModelScorer.of(run, state).evaluate_sets(
+                   eval_sets, num_bins=config.eval.num_bins) if eval_sets else {}}
+    write_json(os.path.join(directory, "summary.json"), to_python(summary))
     return directory
 
 

@@ -42,7 +42,6 @@ the non-dominated evaluations highlighted), each also drawing the runs of ``rl.c
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -72,7 +71,7 @@ from rewardjax.rl.ppo_update import init_rl_state, make_update
 from rewardjax.runtime.checkpoint import Checkpointer, nonfinite_error
 from rewardjax.runtime.logging import MetricsWriter, to_python
 from rewardjax.runtime.optim import make_optimizer
-from rewardjax.runtime.workdir import owns_workdir
+from rewardjax.runtime.workdir import isfile, owns_workdir, read_json, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +154,7 @@ def sampling_config(config, tok) -> sampling.SamplingConfig:
 def updates_per_iteration(rl) -> int:
     return int(rl.epochs) * int(rl.minibatches)
 
+
 def iterations(config) -> int:
     """RL iterations of the run: ``train.steps`` optimizer updates of the policy, each iteration
     making ``rl.epochs x rl.minibatches`` of them."""
@@ -172,7 +172,6 @@ def rollout_prompts(config) -> int:
     """Prompts sampled per iteration: ``train.batch_size`` (the prompts of one update) for each
     of the ``rl.minibatches`` minibatches."""
     return int(config.train.batch_size) * int(config.rl.minibatches)
-
 
 
 def make_reset(rl):
@@ -338,8 +337,7 @@ def train_ppo(config, workdir: str) -> dict:
                "eval": len(policy.eval_prompts), "dropped_too_long": policy.dropped_prompts},
                "final_eval": history[-1] if history else {}}
     summary["plots"] = write_plots(workdir, rl.compare_with)
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(to_python(summary), f, indent=2)
+    write_json(os.path.join(workdir, "summary.json"), to_python(summary))
     print(format_history(history))
     return summary
 
@@ -350,19 +348,16 @@ def train_ppo(config, workdir: str) -> dict:
 def read_eval_history(workdir: str) -> list[dict]:
     """The ``eval`` rows of ``metrics.jsonl`` by step (a resumed run's repeats: the last one)."""
     by_step = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            if row.get("split") == "eval":
-                by_step[row["step"]] = row
+    for row in read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+        if row.get("split") == "eval":
+            by_step[row["step"]] = row
     return [by_step[s] for s in sorted(by_step)]
 
 
 def run_label(workdir: str) -> str:
     """``PPO`` / ``RLOO`` with ``+ER(n)`` when Elastic Reset was on, from the run's config."""
     try:
-        with open(os.path.join(workdir, "config.json")) as f:
-            rl = json.load(f)["rl"]
+        rl = read_json(os.path.join(workdir, "config.json"))["rl"]
         label = rl["algo"].upper()
         if int(rl["elastic_reset"]["every"]) > 0:
             label += f" + Elastic Reset (n={rl['elastic_reset']['every']})"
@@ -376,7 +371,7 @@ def write_plots(workdir: str, compare_with: str = "") -> list[str]:
     (comma-separated workdirs)."""
     runs = {}
     for d in [workdir] + [w.strip() for w in str(compare_with or "").split(",") if w.strip()]:
-        hist = read_eval_history(d) if os.path.isfile(os.path.join(d, "metrics.jsonl")) else []
+        hist = read_eval_history(d) if isfile(os.path.join(d, "metrics.jsonl")) else []
         if hist:
             name = run_label(d)
             name = name if name not in runs else f"{name} ({os.path.basename(d)})"

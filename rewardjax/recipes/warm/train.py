@@ -9,14 +9,12 @@ memorisation (lower is better).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 
 import jax
 import numpy as np
-import tqdm
 
 from rewardjax.data.batching import default_buckets
 from rewardjax.data.corruption import corrupt_labels
@@ -24,14 +22,15 @@ from rewardjax.data.sources import load_sets, load_train_pairs
 from rewardjax.data.tokenize import encode_pairs
 from rewardjax.ensembles.predictions import combine
 from rewardjax.eval.metrics import pair_metrics
-from rewardjax.runtime.checkpoint import Checkpointer, nonfinite_error
+from rewardjax.runtime.checkpoint import Checkpointer
 from rewardjax.runtime.logging import MetricsWriter, to_python
 from rewardjax.runtime.members import average_members, init_members, make_member_step, member_params
 from rewardjax.runtime.members_data import MemberPlans, collate_members, place_members
 from rewardjax.runtime.scorer import ModelScorer
 from rewardjax.runtime.scoring import gold_agreement
 from rewardjax.runtime.setup import build_run
-from rewardjax.runtime.workdir import owns_workdir
+from rewardjax.runtime.trainer import Part, Trainer
+from rewardjax.runtime.workdir import owns_workdir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -154,31 +153,15 @@ def train_warm(config, workdir: str) -> dict:
     step_fn = make_member_step(run, dropout=tcfg.dropout, sequential=mcfg.sequential)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), tcfg.checkpoint_every,
                         tcfg.keep_checkpoints)
-    restored = ckpt.resume(state, tcfg.get("resume_step"))
-    if restored is not None:
-        state = restored
-        log.info("resumed from step %d", int(state.step))
     writer = MetricsWriter(workdir, tensorboard=tcfg.tensorboard)
     pad_id, left = run.tokenizer.pad_token_id, config.data.padding_side == "left"
     total = int(tcfg.steps)
-    bar = tqdm.tqdm(total=total, initial=int(state.step), desc=f"train {m} members",
-                    disable=not tcfg.progress, dynamic_ncols=True)
-    for s in range(int(state.step), total):
-        batch = place_members(run, collate_members(data, plans, s, pad_id, left))
-        state, metrics = step_fn(state, batch, hypers)
-        metrics = jax.device_get(metrics)
-        if not np.all(metrics["finite"]):
-            bad = np.flatnonzero(~np.asarray(metrics["finite"], bool)).tolist()
-            raise nonfinite_error(f"non-finite loss for members {bad} at step {s + 1}; stopped.",
-                                  ckpt, s + 1, state, lr=tcfg.lr)
-        bar.update(1)
-        if (s + 1) % tcfg.log_every == 0 or s + 1 == total:
-            row = {k: np.asarray(v).tolist() for k, v in metrics.items()}
-            writer.write(s + 1, "train", row)
-            bar.set_postfix(loss=f"{np.mean(metrics['loss']):.3f}")
-        ckpt.maybe_save(s + 1, state, force=s + 1 == total)
-    bar.close()
-    ckpt.close()
+    trainer = Trainer(
+        lambda state, batch: step_fn(state, batch, hypers),
+        lambda s: place_members(run, collate_members(data, plans, s, pad_id, left)),
+        total_steps=total, parts=[Part(ckpt)], writer=writer, train=tcfg,
+        name="train", reduce="last")
+    state = trainer.fit(trainer.restore(state, tcfg.get("resume_step")))
 
     subsets = evaluation_subsets(train_pairs, eval_sets, mcfg.eval_train_max, config.seed)
     # Tokenize each subset once; every member, WA and the curve score the same sequences.
@@ -193,8 +176,7 @@ def train_warm(config, workdir: str) -> dict:
     writer.write(total, "warm", summary)
     writer.close()
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "warm.json"), "w") as f:
-            json.dump(to_python(summary), f, indent=2)
+        write_json(os.path.join(workdir, "warm.json"), to_python(summary))
         print(format_warm_table(results, "accuracy"))
         if any("gold_accuracy" in r for res in results.values() for r in res.values()):
             print(format_warm_table(results, "gold_accuracy"))
