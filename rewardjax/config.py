@@ -222,13 +222,18 @@ def per_source_batch(batch_size: int, sub_batch: int, num_sources: int) -> int:
                 f"--config.train.batch_size={sub_batch * k}, or leave more.sub_batch=0 to derive "
                 "it from train.batch_size")
         return sub_batch
-    if batch_size < k or batch_size % k:
-        lower, upper = max(k, batch_size - batch_size % k), (batch_size // k + 1) * k
-        raise ValueError(
-            f"train.batch_size={batch_size} pairs do not split evenly over the {k} sources (one "
-            f"sub-batch per source each step): choose a multiple of {k} (e.g. {lower} or "
-            f"{upper})")
-    return batch_size // k
+    return whole_parts(batch_size, k, f"train.batch_size={batch_size} pairs do not split evenly "
+                       f"over the {k} sources (one sub-batch per source each step)")
+
+
+def whole_parts(total: int, per: int, what: str) -> int:
+    """``total // per`` when ``per`` divides ``total`` (and ``total >= per``); otherwise a
+    ValueError saying ``what`` went wrong and naming the nearest multiples of ``per``."""
+    total, per = int(total), int(per)
+    if total < per or total % per:
+        lower, upper = max(per, total - total % per), (total // per + 1) * per
+        raise ValueError(f"{what}: choose a multiple of {per} (e.g. {lower} or {upper})")
+    return total // per
 
 
 # ----------------------------------------------------------------------------- who reads what

@@ -99,6 +99,7 @@ class Trainer:
         self.nonfinite_kw.setdefault("lr", train.get("lr"))
         self.step_of = step_of or (lambda state: int(np.max(jax.device_get(state.step))))
         self.hooks: list[Hook] = []
+        self.last_row: dict = {}  # the last metrics row written
         self.tokens = 0.0  # real tokens of the steps after the first (compiling) one
         self.t_first: float | None = None
 
@@ -163,6 +164,7 @@ class Trainer:
                     sums, count = {}, 0
                 else:
                     row = {k: np.asarray(v).tolist() for k, v in metrics.items()}
+                self.last_row = row
                 if self.writer is not None:
                     self.writer.write(done, self.name, row)
                 bar.set_postfix(**self.postfix_fn(row))

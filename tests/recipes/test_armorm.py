@@ -183,8 +183,8 @@ def test_discordant_counts_are_mcnemar_counts():
 def test_modes_refuse_workdirs_without_one_reward_model(tmp_path):
     from rewardjax.main import run
 
-    config = load_recipe("dmoerm", "runlocal")
+    config = load_recipe("bon", "runlocal")
     for mode in ("eval", "score", "export"):
         config.mode = mode
-        with pytest.raises(ValueError, match="dmoerm.json"):
+        with pytest.raises(ValueError, match="bon.json"):
             run(config, str(tmp_path))

@@ -243,3 +243,18 @@ def test_dmoerm_end_to_end_with_and_without_router(tmp_path):
     stages = set(os.listdir(tmp_path / "checkpoints"))
     assert stages == {"single", "phase1", "ensemble", "phase2_code", "phase2_story",
                       "phase2_all"}
+
+    # The workdir's scorer (the native mixture written at the end of training) gives the
+    # rewards the recipe evaluated with: routed category, its aggregator over merged experts.
+    from rewardjax import recipes
+    from rewardjax.data.sources import load_sets
+
+    scorer = recipes.get("dmoerm").load_scorer(config, str(tmp_path))
+    saved = np.load(tmp_path / "pair_rewards.npz")
+    for name, pairs, _ in load_sets(config.data.eval, config.data):
+        pairs = [p for p in pairs if p.category in ("code", "story")]
+        rc, rr, _ = scorer.score_pairs(pairs)
+        np.testing.assert_allclose(np.concatenate([rc, rr]), saved[f"{name}/dmoerm"],
+                                   atol=1e-4, rtol=1e-4)
+    config.mode = "export"
+    assert run(config, str(tmp_path))["format"] == "native"

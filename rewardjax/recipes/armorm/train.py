@@ -27,6 +27,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -43,10 +44,10 @@ from rewardjax.recipes.armorm.data import (
     objective_names,
     split_validation,
 )
-from rewardjax.runtime.checkpoint import nonfinite_error
 from rewardjax.runtime.logging import MetricsWriter, to_python
 from rewardjax.runtime.optim import make_optimizer
 from rewardjax.runtime.scoring import gold_agreement
+from rewardjax.runtime.trainer import Trainer
 from rewardjax.runtime.workdir import owns_workdir, staged_dir, write_json, write_npz
 
 # ----------------------------------------------------------------------------- stage 2
@@ -93,54 +94,62 @@ def train_gate(module, x, r_chosen, r_rejected, cfg, seed: int, writer=None, nam
         return bradley_terry_loss(gated_score(g, beta, cs)[0], gated_score(g, beta, rs)[0],
                                   weights=w)
 
+    n, bs = x.shape[0], int(cfg.batch_size)
+    per_epoch = -(-n // bs)
+
     @jax.jit
-    def step(params, opt_state, idx, w):
-        (_, metrics), grads = jax.value_and_grad(
+    def update(params, opt_state, idx, w):
+        (loss, metrics), grads = jax.value_and_grad(
             lambda p: loss_on(p, x[idx], rc[idx], rr[idx], w), has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, metrics
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, dict(metrics, beta=params["beta"][...],
+                                       finite=jnp.isfinite(loss))
+
+    def batch_at(s):
+        """Epoch permutations ``default_rng((seed, epoch))``; the last batch of an epoch is
+        padded with weight-0 rows."""
+        e, i = divmod(s, per_epoch)
+        idx = np.random.default_rng((seed, e)).permutation(n)[i * bs:(i + 1) * bs]
+        w = np.zeros((bs,), np.float32)
+        w[:len(idx)] = 1.0
+        return np.pad(idx, (0, bs - len(idx))), w
+
+    def step_fn(state, batch):
+        params, opt_state, s = state
+        params, opt_state, m = update(params, opt_state, *batch)
+        return (params, opt_state, s + 1), m
 
     every = int(cfg.get("select_every", 0)) if val is not None else 0
+    best, best_params = {"val_loss": np.inf}, params
+    trainer = Trainer(
+        step_fn, batch_at, total_steps=int(cfg.steps), parts=[], writer=writer,
+        train=ml_collections.ConfigDict({"progress": False, "log_every": int(cfg.log_every),
+                                         "lr": cfg.lr}),
+        name=f"stage2/{name}", row_fn=lambda m: {k: float(m[k]) for k in
+                                                 ("loss", "accuracy", "beta")},
+        last_keys=("beta",), step_of=lambda state: state[2],
+        nonfinite_message=lambda s, m: f"stage 2 ({name}): non-finite loss at step {s}; stopped.",
+        nonfinite_kw={"lr_key": "armorm.fixed_lr" if name.startswith("fixed")
+                      else "armorm.stage2.lr"})
     if every:
         val = tuple(jnp.asarray(v, jnp.float32) for v in val)
         val_metrics = jax.jit(lambda p: loss_on(p, *val)[1])
-    best, best_params = {"val_loss": np.inf}, params
-    n, bs = x.shape[0], int(cfg.batch_size)
-    per_epoch = -(-n // bs)
-    sums, count, last = {}, 0, {}
-    for s in range(int(cfg.steps)):
-        e, i = divmod(s, per_epoch)
-        if i == 0:
-            perm = np.random.default_rng((seed, e)).permutation(n)
-        idx = perm[i * bs:(i + 1) * bs]
-        w = np.zeros((bs,), np.float32)
-        w[:len(idx)] = 1.0  # the last batch of an epoch is padded with weight-0 rows
-        idx = np.pad(idx, (0, bs - len(idx)))
-        params, opt_state, m = step(params, opt_state, idx, w)
-        m = jax.device_get(m)
-        if not np.isfinite(m["loss"]):
-            raise nonfinite_error(f"stage 2 ({name}): non-finite loss at step {s + 1}; stopped.",
-                                  None, s + 1, None, lr=cfg.lr, lr_key="armorm.fixed_lr"
-                                  if name.startswith("fixed") else "armorm.stage2.lr")
-        for k in ("loss", "accuracy"):
-            sums[k] = sums.get(k, 0.0) + float(m[k])
-        count += 1
-        done = s + 1
-        if every and (done % every == 0 or done == int(cfg.steps)):
-            vm = jax.device_get(val_metrics(params))
+
+        def select(done, state, _):  # early stopping on the validation BT loss
+            nonlocal best, best_params
+            vm = jax.device_get(val_metrics(state[0]))
             if float(vm["loss"]) < best["val_loss"]:
                 best = {"best_step": done, "val_loss": float(vm["loss"]),
                         "val_accuracy": float(vm["accuracy"])}
-                best_params = params
+                best_params = state[0]
             if writer is not None:
                 writer.write(done, f"stage2/{name}/val", {k: float(vm[k])
                                                           for k in ("loss", "accuracy")})
-        if done % int(cfg.log_every) == 0 or done == int(cfg.steps):
-            last = {k: v / count for k, v in sums.items()}
-            last["beta"] = float(params["beta"][...])
-            if writer is not None:
-                writer.write(done, f"stage2/{name}", last)
-            sums, count = {}, 0
+
+        trainer.add_hook(select, every=every, at_end=True)
+    params, _, _ = trainer.fit((params, opt_state, 0))
+    last = dict(trainer.last_row)
     if every:
         return nnx.merge(graphdef, best_params), dict(last, **best)
     return nnx.merge(graphdef, params), last

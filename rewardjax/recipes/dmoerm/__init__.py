@@ -1,6 +1,7 @@
 """DMoERM (Quan): a router over task categories, LoRA capability experts and an aggregator."""
 
 from rewardjax.recipes import Recipe, register
+from rewardjax.recipes.dmoerm.export import export, native_scorer
 from rewardjax.recipes.dmoerm.train import train_dmoerm
 
 READS = (
@@ -14,6 +15,7 @@ READS = (
     "instead",
 )
 
-register(Recipe("dmoerm", train=train_dmoerm, reads=READS,
-                no_scorer="its experts, router and aggregators are evaluated at the end of "
-                          "training (dmoerm.json)"))
+# The workdir's scorer: the native mixture written at the end of training (router, merged
+# capability experts, aggregators); eval / score / rewardbench / export read it.
+register(Recipe("dmoerm", train=train_dmoerm, reads=READS, load_scorer=native_scorer,
+                export=export))

@@ -51,6 +51,7 @@ from rewardjax.recipes.dmoerm.data import (
     oriented_dataset,
     router_inputs,
 )
+from rewardjax.recipes.dmoerm.export import write_export
 from rewardjax.recipes.dmoerm.labels import make_labeler
 from rewardjax.runtime.checkpoint import Checkpointer
 from rewardjax.runtime.logging import MetricsWriter, to_python
@@ -313,6 +314,12 @@ def train_dmoerm(config, workdir: str) -> dict:
                               single=single, ensemble=ensemble, models=models,
                               workdir=workdir, labeler=labeler)
     clock.lap("evaluate")
+    if d.router_features == "backbone" or "router" not in models:
+        write_export(workdir, run_full, run_lora, models, categories, config)  # the scorer's
+        clock.lap("export")
+    else:
+        log.warning("dmoerm.router_features=%s: no native export (eval / score modes need "
+                    "router_features=backbone)", d.router_features)
     summary.update(
         train_pairs=len(data), categories=categories, capabilities=all_caps,
         capability_pairs={c: int(np.sum(labels[c] != 0)) for c in all_caps},

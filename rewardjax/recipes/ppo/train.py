@@ -50,9 +50,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from rewardjax.averaging.ema import elastic_reset
+from rewardjax.config import whole_parts
 from rewardjax.eval import plots
 from rewardjax.lora import LoRAConfig
 from rewardjax.models import registry
@@ -68,9 +68,10 @@ from rewardjax.rl.policy import (
     split_policy,
 )
 from rewardjax.rl.ppo_update import init_rl_state, make_update
-from rewardjax.runtime.checkpoint import Checkpointer, nonfinite_error
+from rewardjax.runtime.checkpoint import Checkpointer
 from rewardjax.runtime.logging import MetricsWriter, to_python
 from rewardjax.runtime.optim import make_optimizer
+from rewardjax.runtime.trainer import Part, Trainer
 from rewardjax.runtime.workdir import isfile, owns_workdir, read_json, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
@@ -159,13 +160,8 @@ def iterations(config) -> int:
     """RL iterations of the run: ``train.steps`` optimizer updates of the policy, each iteration
     making ``rl.epochs x rl.minibatches`` of them."""
     steps, per = int(config.train.steps), updates_per_iteration(config.rl)
-    if steps < per or steps % per:
-        lower, upper = max(per, steps - steps % per), (steps // per + 1) * per
-        raise ValueError(
-            f"train.steps={steps} optimizer updates do not make whole RL iterations of "
-            f"rl.epochs x rl.minibatches = {per} updates: choose a multiple of {per} (e.g. "
-            f"{lower} or {upper})")
-    return steps // per
+    return whole_parts(steps, per, f"train.steps={steps} optimizer updates do not make whole RL "
+                       f"iterations of rl.epochs x rl.minibatches = {per} updates")
 
 
 def rollout_prompts(config) -> int:
@@ -288,47 +284,43 @@ def train_ppo(config, workdir: str) -> dict:
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), int(rl.checkpoint_every),
                         config.train.keep_checkpoints)
-    restored = ckpt.resume(state, config.train.get("resume_step"))
-    if restored is not None:
-        state = restored
-        log.info("resumed from iteration %d", int(state.step))
     writer = MetricsWriter(workdir, tensorboard=config.train.tensorboard)
-    start = int(state.step)
-    if start == 0:
-        writer.write(0, "eval", runner.evaluate(state.params))
     base_key = jax.random.key(int(config.seed))
-    bar = tqdm.tqdm(total=steps, initial=start, desc=rl.algo, disable=not config.train.progress,
-                    dynamic_ncols=True)
-    cpu = time.process_time()  # train rows carry the CPU seconds since the previous row (all
-    for step in range(start, steps):  # threads; an evaluation in between is included)
+    cpu = [time.process_time()]  # train rows carry the CPU seconds since the previous row (all
+    # threads; an evaluation in between is included)
+
+    def iteration(state, step):
+        """Rollouts with the current policy, the update, the KL controller: one row."""
         key = jax.random.fold_in(base_key, step)
         batch, r = runner.train_batch(state.params, step, jax.random.fold_in(key, 0))
         state, metrics = update(state, policy.frozen, batch, jax.random.fold_in(key, 1))
         metrics = jax.device_get(metrics)
-        if not metrics["finite"]:
-            raise nonfinite_error(
-                f"non-finite loss or gradient at iteration {step + 1}; the update was skipped "
-                "and the run stopped.", ckpt, step + 1, state, lr=config.train.lr,
-                every_key="rl.checkpoint_every", unit="iteration")
         kl = float(np.mean(r["kl_k1"]))
         ctl = O.update_kl(O.KLController(float(state.kl_coef), rl.kl_target or None,
                                          float(rl.kl_horizon)), kl, rows)
         state = state._replace(kl_coef=jnp.asarray(ctl.coef, jnp.float32))
         row = {**metrics, "proxy": float(r["proxy"].mean()), "kl": kl,
                "kl_k3": float(np.mean(r["kl_k3"])), "length": float(np.mean(r["lengths"])),
-               "kl_coef": float(ctl.coef), "cpu_s": time.process_time() - cpu}
-        cpu = time.process_time()
+               "kl_coef": float(ctl.coef), "cpu_s": time.process_time() - cpu[0]}
+        cpu[0] = time.process_time()
         if r["gold"] is not None:
             row["gold"] = float(r["gold"].mean())
-        done = step + 1
-        writer.write(done, "train", row)
-        bar.update(1)
-        bar.set_postfix(proxy=f"{row['proxy']:.3f}", kl=f"{kl:.2f}")
-        ckpt.maybe_save(done, state, force=done == steps)
-        if done % int(rl.eval_every) == 0 or done == steps:
-            writer.write(done, "eval", runner.evaluate(state.params))
-    bar.close()
-    ckpt.close()
+        return state, row
+
+    trainer = Trainer(
+        iteration, lambda step: step, total_steps=steps, parts=[Part(ckpt)], writer=writer,
+        train=config.train, name="train", reduce="last", log_every=1,
+        postfix_fn=lambda row: {"proxy": f"{row['proxy']:.3f}", "kl": f"{row['kl']:.2f}"},
+        nonfinite_message=lambda step, m: (f"non-finite loss or gradient at iteration {step}; "
+                                           "the update was skipped and the run stopped."),
+        nonfinite_kw={"every_key": "rl.checkpoint_every", "unit": "iteration"})
+    trainer.add_hook(lambda done, state, m: writer.write(done, "eval",
+                                                         runner.evaluate(state.params)),
+                     every=int(rl.eval_every), at_end=True)
+    state = trainer.restore(state, config.train.get("resume_step"))
+    if int(state.step) == 0:
+        writer.write(0, "eval", runner.evaluate(state.params))
+    state = trainer.fit(state)
     writer.close()
     history = read_eval_history(workdir)
     summary = {"steps": int(state.step), "algo": rl.algo,
