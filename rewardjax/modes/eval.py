@@ -7,10 +7,9 @@ import os
 import jax
 
 from rewardjax import recipes
-from rewardjax.data.sources import load_sets
-from rewardjax.runtime.logging import to_python
+from rewardjax.data import load_sets
+from rewardjax.runtime import format_table, to_python
 from rewardjax.runtime.paths import write_json
-from rewardjax.runtime.scoring import format_table
 
 
 def run(config, workdir: str) -> dict:

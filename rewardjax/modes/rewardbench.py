@@ -6,7 +6,7 @@ import os
 import tempfile
 
 from rewardjax import recipes
-from rewardjax.eval.rewardbench import build_offline, evaluate, load
+from rewardjax.eval import build_offline, evaluate, load
 from rewardjax.runtime.paths import write_json
 
 

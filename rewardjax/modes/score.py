@@ -7,10 +7,8 @@ import os
 import jax
 
 from rewardjax import recipes
-from rewardjax.data.formats import load_responses
-from rewardjax.data.sources import expand
-from rewardjax.data.tokenize import encode_responses
-from rewardjax.runtime.scoring import write_scores
+from rewardjax.data import encode_responses, expand, load_responses
+from rewardjax.runtime import write_scores
 
 
 def run(config, workdir: str) -> str:

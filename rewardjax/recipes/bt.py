@@ -8,20 +8,32 @@ import time
 
 import jax
 
-from rewardjax.data.batching import BatchPlan, collate_pairs, default_buckets
-from rewardjax.data.packing import PackedPairBatches
-from rewardjax.data.sources import load_sets, load_train_pairs, margin_warning, summary_stats
-from rewardjax.data.tokenize import encode_pairs
+from rewardjax.data import (
+    BatchPlan,
+    PackedPairBatches,
+    collate_pairs,
+    default_buckets,
+    encode_pairs,
+    load_sets,
+    load_train_pairs,
+)
+from rewardjax.data.sources import margin_warning, summary_stats
 from rewardjax.recipes import Recipe, register
-from rewardjax.runtime.checkpoint import Checkpointer
-from rewardjax.runtime.load import checkpoint_scorer, export_checkpoint
-from rewardjax.runtime.logging import MetricsWriter, to_python
-from rewardjax.runtime.scorer import ModelScorer
-from rewardjax.runtime.scoring import format_table
-from rewardjax.runtime.setup import build_run
-from rewardjax.runtime.step import batch_axis_size
-from rewardjax.runtime.trainer import Part, Trainer
-from rewardjax.runtime.workdir import owns_workdir, write_json
+from rewardjax.runtime import (
+    Checkpointer,
+    MetricsWriter,
+    ModelScorer,
+    Part,
+    Trainer,
+    batch_axis_size,
+    build_run,
+    checkpoint_scorer,
+    export_checkpoint,
+    format_table,
+    owns_workdir,
+    to_python,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 

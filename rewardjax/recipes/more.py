@@ -31,10 +31,15 @@ import numpy as np
 import optax
 from flax import nnx
 
-from rewardjax.data.batching import collate_pairs, default_buckets
+from rewardjax.data import (
+    collate_pairs,
+    default_buckets,
+    encode_pairs,
+    load_sets,
+    load_train_pairs,
+    split_specs,
+)
 from rewardjax.data.source_batches import SourceBatchPlan
-from rewardjax.data.sources import load_sets, load_train_pairs, split_specs
-from rewardjax.data.tokenize import encode_pairs
 from rewardjax.losses.bradley_terry import bradley_terry_loss
 from rewardjax.losses.more import (
     MomentumState,
@@ -44,15 +49,22 @@ from rewardjax.losses.more import (
 )
 from rewardjax.recipes import Recipe, register
 from rewardjax.recipes.bt import _param_counts
-from rewardjax.runtime.checkpoint import Checkpointer
-from rewardjax.runtime.load import checkpoint_scorer, export_checkpoint
-from rewardjax.runtime.logging import MetricsWriter, to_python
-from rewardjax.runtime.scorer import ModelScorer
-from rewardjax.runtime.scoring import format_table
-from rewardjax.runtime.setup import build_run
-from rewardjax.runtime.state import TrainState, shardings_of
-from rewardjax.runtime.trainer import Part, Trainer
-from rewardjax.runtime.workdir import owns_workdir, write_json
+from rewardjax.runtime import (
+    Checkpointer,
+    MetricsWriter,
+    ModelScorer,
+    Part,
+    Trainer,
+    TrainState,
+    build_run,
+    checkpoint_scorer,
+    export_checkpoint,
+    format_table,
+    owns_workdir,
+    shardings_of,
+    to_python,
+    write_json,
+)
 from rewardjax.sharding import axis_rules
 
 log = logging.getLogger(__name__)

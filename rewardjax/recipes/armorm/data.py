@@ -14,7 +14,7 @@ import numpy as np
 
 from rewardjax.data.features import FeatureCache, backbone_fingerprint
 from rewardjax.data.features import pair_features as cached_pair_features
-from rewardjax.runtime.features import BackboneFeatures
+from rewardjax.runtime import BackboneFeatures
 from rewardjax.runtime.workdir import is_local
 
 log = logging.getLogger(__name__)

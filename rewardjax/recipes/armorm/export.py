@@ -7,10 +7,15 @@ import os
 
 from rewardjax.export import MANIFEST, NotExportable, load_native, save_armorm, set_normalisation
 from rewardjax.heads.gating import ArmoRMHead
-from rewardjax.runtime.load import eval_statistics
-from rewardjax.runtime.scorer import NativeScorer
-from rewardjax.runtime.setup import build_run
-from rewardjax.runtime.workdir import isfile, local_copy, mtime, read_json, staged_dir
+from rewardjax.runtime import (
+    NativeScorer,
+    build_run,
+    eval_statistics,
+    local_copy,
+    read_json,
+    staged_dir,
+)
+from rewardjax.runtime.workdir import isfile, mtime
 
 
 def export_armorm(config, workdir: str, out_dir: str, *, normalisation: dict | None = None,

@@ -32,8 +32,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from rewardjax.data.sources import load_sets, load_train_pairs
-from rewardjax.eval.metrics import pair_metrics
+from rewardjax.data import load_sets, load_train_pairs
+from rewardjax.eval import pair_metrics
 from rewardjax.heads import regression as ridge
 from rewardjax.heads.gating import ArmoRMHead, build_gate, gated_score
 from rewardjax.losses.bradley_terry import bradley_terry_loss
@@ -44,11 +44,17 @@ from rewardjax.recipes.armorm.data import (
     objective_names,
     split_validation,
 )
-from rewardjax.runtime.logging import MetricsWriter, to_python
-from rewardjax.runtime.optim import make_optimizer
-from rewardjax.runtime.scoring import gold_agreement
-from rewardjax.runtime.trainer import Trainer
-from rewardjax.runtime.workdir import owns_workdir, staged_dir, write_json, write_npz
+from rewardjax.runtime import (
+    MetricsWriter,
+    Trainer,
+    gold_agreement,
+    make_optimizer,
+    owns_workdir,
+    staged_dir,
+    to_python,
+    write_json,
+)
+from rewardjax.runtime.workdir import write_npz
 
 # ----------------------------------------------------------------------------- stage 2
 

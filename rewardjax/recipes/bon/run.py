@@ -19,22 +19,27 @@ import time
 
 import numpy as np
 
-from rewardjax.data.sources import expand
-from rewardjax.data.tokenize import build_wordlevel_tokenizer
-from rewardjax.eval import plots
-from rewardjax.eval.bon_curves import bon_curves, default_ns, kl_bon, reference_curves
-from rewardjax.eval.bon_pools import Pool, length_scores, load_alpaca_pools, read_prompts
+from rewardjax.data import build_wordlevel_tokenizer, expand
+from rewardjax.eval import (
+    Pool,
+    bon_curves,
+    kl_bon,
+    load_alpaca_pools,
+    plots,
+    read_prompts,
+    reference_curves,
+)
+from rewardjax.eval.bon_curves import default_ns
+from rewardjax.eval.bon_pools import length_scores
 from rewardjax.models import registry
 from rewardjax.recipes.bon.scoring import rm_scores, score_all, scoring_config
 from rewardjax.rl import sampling
-from rewardjax.runtime.load import read_run_config
-from rewardjax.runtime.logging import to_python
+from rewardjax.runtime import read_run_config, to_python, write_json
 from rewardjax.runtime.workdir import (
     is_main_process,
     isfile,
     makedirs,
     read_jsonl,
-    write_json,
     write_jsonl,
     write_npz,
 )

@@ -13,15 +13,20 @@ import time
 import numpy as np
 
 from rewardjax.config import base_config
-from rewardjax.data.records import Pair, Response
-from rewardjax.data.tokenize import encode_responses
+from rewardjax.data import Pair, Response, encode_responses
 from rewardjax.ensembles.predictions import combine
-from rewardjax.eval.bon_pools import Pool, length_scores, split_by_pool
-from rewardjax.runtime.checkpoint import Checkpointer
-from rewardjax.runtime.load import load_trained, read_run_config
-from rewardjax.runtime.members import average_members, init_members, member_params
-from rewardjax.runtime.scorer import ModelScorer
-from rewardjax.runtime.setup import build_run
+from rewardjax.eval import Pool
+from rewardjax.eval.bon_pools import length_scores, split_by_pool
+from rewardjax.runtime import (
+    Checkpointer,
+    ModelScorer,
+    average_members,
+    build_run,
+    init_members,
+    load_trained,
+    member_params,
+    read_run_config,
+)
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from rewardjax.data.batching import BatchPlan, default_buckets, map_batches
-from rewardjax.data.tokenize import Encoded, EncodedPairs
+from rewardjax.data import BatchPlan, Encoded, EncodedPairs, default_buckets, map_batches
 from rewardjax.lora import score_experts
 from rewardjax.models.pooling import pool
 from rewardjax.sharding import axis_rules

@@ -22,9 +22,8 @@ from rewardjax.export import (
     save_native,
     set_normalisation,
 )
-from rewardjax.runtime.load import eval_statistics
-from rewardjax.runtime.scorer import NativeScorer
-from rewardjax.runtime.workdir import copy_tree, is_local, isfile, local_copy, staged_dir
+from rewardjax.runtime import NativeScorer, eval_statistics, local_copy, staged_dir
+from rewardjax.runtime.workdir import copy_tree, is_local, isfile
 
 EXPORT = "export"
 

@@ -13,15 +13,15 @@ import os
 
 import numpy as np
 
-from rewardjax.data.tokenize import encode_pairs
+from rewardjax.data import encode_pairs
 from rewardjax.ensembles.predictions import combine
-from rewardjax.eval.metrics import pairwise_accuracy
+from rewardjax.eval import pairwise_accuracy
 from rewardjax.heads.router import route
 from rewardjax.recipes.dmoerm.data import (
     expert_outputs,
     router_inputs,
 )
-from rewardjax.runtime.scoring import gold_agreement
+from rewardjax.runtime import gold_agreement
 from rewardjax.runtime.workdir import write_jsonl, write_npz
 
 METHODS = ("single", "ens_mean", "ens_wco", "ens_uwo", "dmoerm", "dmoerm_oracle",

@@ -39,9 +39,7 @@ import zlib
 import jax
 import numpy as np
 
-from rewardjax.data.batching import default_buckets
-from rewardjax.data.sources import load_sets, load_train_pairs
-from rewardjax.data.tokenize import encode_pairs
+from rewardjax.data import default_buckets, encode_pairs, load_sets, load_train_pairs
 from rewardjax.heads.moe import concat_experts, fit_aggregator
 from rewardjax.heads.router import fit_router
 from rewardjax.recipes.dmoerm.data import (
@@ -53,15 +51,23 @@ from rewardjax.recipes.dmoerm.data import (
 )
 from rewardjax.recipes.dmoerm.export import write_export
 from rewardjax.recipes.dmoerm.labels import make_labeler
-from rewardjax.runtime.checkpoint import Checkpointer
-from rewardjax.runtime.logging import MetricsWriter, to_python
-from rewardjax.runtime.members import init_members, make_member_step, member_params
-from rewardjax.runtime.members_data import collate_members, place_members
-from rewardjax.runtime.optim import make_optimizer
-from rewardjax.runtime.setup import build_run
+from rewardjax.runtime import (
+    Checkpointer,
+    MetricsWriter,
+    Part,
+    Trainer,
+    build_run,
+    collate_members,
+    init_members,
+    make_member_step,
+    make_optimizer,
+    member_params,
+    owns_workdir,
+    place_members,
+    to_python,
+    write_json,
+)
 from rewardjax.runtime.state import path_str
-from rewardjax.runtime.trainer import Part, Trainer
-from rewardjax.runtime.workdir import owns_workdir, write_json
 
 log = logging.getLogger(__name__)
 

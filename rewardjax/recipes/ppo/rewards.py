@@ -33,10 +33,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from rewardjax.config import base_config
-from rewardjax.data.records import Response
-from rewardjax.data.tokenize import encode_responses
-from rewardjax.runtime.scorer import ModelScorer
-from rewardjax.runtime.workdir import isfile, makedirs, write_json, write_text
+from rewardjax.data import Response, encode_responses
+from rewardjax.runtime import ModelScorer, write_json
+from rewardjax.runtime.workdir import isfile, makedirs, write_text
 
 log = logging.getLogger(__name__)
 

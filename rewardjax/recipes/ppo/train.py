@@ -57,22 +57,27 @@ from rewardjax.eval import plots
 from rewardjax.lora import LoRAConfig
 from rewardjax.models import registry
 from rewardjax.recipes.ppo.rewards import build_scorer, shape_scores
+from rewardjax.rl import build_policy, init_rl_state, make_update, sampling
 from rewardjax.rl import objectives as O
-from rewardjax.rl import sampling
 from rewardjax.rl.policy import (
-    build_policy,
     make_sample,
     make_stats,
     reference_params,
     response_mask,
     split_policy,
 )
-from rewardjax.rl.ppo_update import init_rl_state, make_update
-from rewardjax.runtime.checkpoint import Checkpointer
-from rewardjax.runtime.logging import MetricsWriter, to_python
-from rewardjax.runtime.optim import make_optimizer
-from rewardjax.runtime.trainer import Part, Trainer
-from rewardjax.runtime.workdir import isfile, owns_workdir, read_json, read_jsonl, write_json
+from rewardjax.runtime import (
+    Checkpointer,
+    MetricsWriter,
+    Part,
+    Trainer,
+    make_optimizer,
+    owns_workdir,
+    read_json,
+    to_python,
+    write_json,
+)
+from rewardjax.runtime.workdir import isfile, read_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ The workdir's scorer is the weight average (``reward``) with every member's rewa
 
 from rewardjax.recipes import Recipe, register
 from rewardjax.recipes.warm.train import train_warm
-from rewardjax.runtime.load import export_weight_average, members_scorer
+from rewardjax.runtime import export_weight_average, members_scorer
 
 # Each member is a reward model: train.steps / train.batch_size are per member (they update
 # together), members.* the ensemble.

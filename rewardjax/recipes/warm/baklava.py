@@ -21,9 +21,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from rewardjax.runtime.checkpoint import Checkpointer
-from rewardjax.runtime.members import MemberHypers, init_members, member_shardings
-from rewardjax.runtime.state import TrainState
+from rewardjax.runtime import Checkpointer, MemberHypers, TrainState, init_members
+from rewardjax.runtime.members import member_shardings
 
 
 def init_members_from_checkpoints(

@@ -16,21 +16,34 @@ import time
 import jax
 import numpy as np
 
-from rewardjax.data.batching import default_buckets
-from rewardjax.data.corruption import corrupt_labels
-from rewardjax.data.sources import load_sets, load_train_pairs
-from rewardjax.data.tokenize import encode_pairs
+from rewardjax.data import (
+    corrupt_labels,
+    default_buckets,
+    encode_pairs,
+    load_sets,
+    load_train_pairs,
+)
 from rewardjax.ensembles.predictions import combine
-from rewardjax.eval.metrics import pair_metrics
-from rewardjax.runtime.checkpoint import Checkpointer
-from rewardjax.runtime.logging import MetricsWriter, to_python
-from rewardjax.runtime.members import average_members, init_members, make_member_step, member_params
-from rewardjax.runtime.members_data import MemberPlans, collate_members, place_members
-from rewardjax.runtime.scorer import ModelScorer
-from rewardjax.runtime.scoring import gold_agreement
-from rewardjax.runtime.setup import build_run
-from rewardjax.runtime.trainer import Part, Trainer
-from rewardjax.runtime.workdir import owns_workdir, write_json
+from rewardjax.eval import pair_metrics
+from rewardjax.runtime import (
+    Checkpointer,
+    MemberPlans,
+    MetricsWriter,
+    ModelScorer,
+    Part,
+    Trainer,
+    average_members,
+    build_run,
+    collate_members,
+    gold_agreement,
+    init_members,
+    make_member_step,
+    member_params,
+    owns_workdir,
+    place_members,
+    to_python,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
