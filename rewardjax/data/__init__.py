@@ -1,12 +1,10 @@
 """Records and tokenizers: reading preference data in its many formats, splits, the simulator,
 tokenization with chat templates and truncation, batching and packing. No networks run here.
-
-Public surface: the names below, imported from their modules on first use (``from rewardjax.data
-import load_sets``), so importing one module of the package does not import the rest.
 """
 
-import importlib
+from rewardjax._lazy import lazy_exports
 
+# The public surface: name -> defining submodule, imported on first use (rewardjax._lazy).
 _EXPORTS = {
     "Pair": "records",
     "Response": "records",
@@ -36,16 +34,4 @@ _EXPORTS = {
     "simulate": "simulator",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -1,12 +1,10 @@
 """Pure evaluation parts: pair metrics and calibration, best-of-n curves and pools, the RewardBench
 protocol, plots. Rewards come in as arrays or score functions.
-
-Public surface: the names below, imported from their modules on first use (``from rewardjax.eval
-import pair_metrics``), so importing one module of the package does not import the rest.
 """
 
-import importlib
+from rewardjax._lazy import lazy_exports
 
+# The public surface: name -> defining submodule, imported on first use (rewardjax._lazy).
 _EXPORTS = {
     "pair_metrics": "metrics",
     "pairwise_accuracy": "metrics",
@@ -25,16 +23,4 @@ _EXPORTS = {
     "load": "rewardbench",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

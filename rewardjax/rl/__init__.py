@@ -1,12 +1,10 @@
 """Policy-side parts: KV-cache sampling, the LoRA policy, RL objectives (KL control, GAE, RLOO)
 and the jitted PPO / RLOO update.
-
-Public surface: the names below, imported from their modules on first use (``from rewardjax.rl
-import generate``), so importing one module of the package does not import the rest.
 """
 
-import importlib
+from rewardjax._lazy import lazy_exports
 
+# The public surface: name -> defining submodule, imported on first use (rewardjax._lazy).
 _EXPORTS = {
     "SamplingConfig": "sampling",
     "generate": "sampling",
@@ -23,16 +21,4 @@ _EXPORTS = {
     "make_update": "ppo_update",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -1,13 +1,10 @@
 """What every recipe stands on: run construction, state, the BT step, the trainer, the scorer,
 checkpoints, metrics, workdir files and loading trained workdirs.
-
-Public surface: the names below, imported from their modules on first use (``from
-rewardjax.runtime import Trainer``), so importing one module of the package does not import the
-rest.
 """
 
-import importlib
+from rewardjax._lazy import lazy_exports
 
+# The public surface: name -> defining submodule, imported on first use (rewardjax._lazy).
 _EXPORTS = {
     "Run": "setup",
     "build_run": "setup",
@@ -63,16 +60,4 @@ _EXPORTS = {
     "BackboneFeatures": "features",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
