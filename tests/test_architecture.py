@@ -25,3 +25,17 @@ def test_import_contracts_hold():
                        text=True, timeout=600)
     assert r.returncode == 0, f"import contracts broken (pyproject.toml):\n{r.stdout}{r.stderr}"
     assert "0 broken" in r.stdout, r.stdout
+
+
+def test_lazy_public_names_never_shadow_a_submodule():
+    """``from rewardjax.eval import bon_curves`` would give the function until the submodule of
+    that name is imported, then the module: a public name must not be a submodule's name."""
+    import importlib
+    import pkgutil
+
+    for name in ("data", "eval", "rl", "runtime"):
+        package = importlib.import_module(f"rewardjax.{name}")
+        submodules = {m.name for m in pkgutil.iter_modules(package.__path__)}
+        assert not set(package.__all__) & submodules, name
+        for public in package.__all__:  # and every name resolves
+            assert getattr(package, public) is not None

@@ -10,7 +10,6 @@ _EXPORTS = {
     "pairwise_accuracy": "metrics",
     "calibration": "metrics",
     "reward_stats": "metrics",
-    "bon_curves": "bon_curves",
     "expected_best_of_n": "bon_curves",
     "kl_bon": "bon_curves",
     "reference_curves": "bon_curves",

@@ -1,4 +1,4 @@
-"""The ArmoRM feature store's cache key: what it covers (the backbone pass is tests/train)."""
+"""The ArmoRM feature store's cache key: what it covers (the backbone pass is tests/runtime)."""
 
 import pytest
 

@@ -43,7 +43,7 @@ def test_sharded_equals_unsharded_on_8_cpu_devices():
         os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
     )
     r = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tests", "train", "sharded_check.py")],
+        [sys.executable, os.path.join(ROOT, "tests", "runtime", "sharded_check.py")],
         cwd=ROOT,
         env=env,
         capture_output=True,

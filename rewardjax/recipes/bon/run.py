@@ -20,16 +20,8 @@ import time
 import numpy as np
 
 from rewardjax.data import build_wordlevel_tokenizer, expand
-from rewardjax.eval import (
-    Pool,
-    bon_curves,
-    kl_bon,
-    load_alpaca_pools,
-    plots,
-    read_prompts,
-    reference_curves,
-)
-from rewardjax.eval.bon_curves import default_ns
+from rewardjax.eval import Pool, kl_bon, load_alpaca_pools, plots, read_prompts, reference_curves
+from rewardjax.eval.bon_curves import bon_curves, default_ns
 from rewardjax.eval.bon_pools import length_scores
 from rewardjax.models import registry
 from rewardjax.recipes.bon.scoring import rm_scores, score_all, scoring_config
