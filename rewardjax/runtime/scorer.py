@@ -37,6 +37,9 @@ class Scorer(abc.ABC):
     # objective names); the score mode writes these per response.
     labels: dict[str, list[str]] = {}
     step: int | None = None  # the training step of the scored parameters, when known
+    # A set whose every pair the truncation policy drops: an error (native exports, as before),
+    # or a report with n = 0 and NaN metrics (a training run's evaluation goes on).
+    empty_is_error: bool = False
 
     @abc.abstractmethod
     def score_encoded(self, seqs) -> dict[str, np.ndarray]:
@@ -89,9 +92,9 @@ class Scorer(abc.ABC):
     def evaluate(self, pairs, *, num_bins: int = 10) -> dict:
         """Accuracy, calibration, groups and gold agreement over ``pairs``."""
         rc, rr, data = self.score_pairs(pairs)
-        if not data.pairs:
+        if not data.pairs and self.empty_is_error:
             raise ValueError("every pair was dropped by the truncation policy")
-        return pair_report(rc, rr, data, num_bins=num_bins)
+        return pair_report(rc, rr, data, num_bins=num_bins)  # n = 0: NaN metrics
 
     def evaluate_sets(self, eval_sets, *, num_bins: int = 10) -> dict[str, dict]:
         """:meth:`evaluate` over ``[(name, pairs, spec)]`` (``load_sets``)."""
@@ -168,6 +171,8 @@ class MembersScorer(Scorer):
 class NativeScorer(Scorer):
     """A loaded native export (:class:`rewardjax.export.NativeModel`): its combined ``reward``
     and the kind's breakdown (``objectives``, ``members``, ``category_rewards``, ...)."""
+
+    empty_is_error = True
 
     def __init__(self, model, *, batch_size: int = 16):
         self.model, self.batch_size = model, int(batch_size)
