@@ -83,11 +83,12 @@ class Run:
             self.jitted[name] = build()
         return self.jitted[name]
 
-    def train_step(self, *, dropout: bool = True, trace_guard=None):
-        """The jitted Bradley-Terry step for this run's model, optimizer and mesh."""
+    def train_step(self, *, dropout: bool = True, trace_guard=None, pair_loss=None):
+        """The jitted Bradley-Terry step for this run's model, optimizer and mesh
+        (``pair_loss``: a recipe's own loss on the pair rewards, see ``step.bt_update``)."""
         return make_train_step(self.graphdef, self.tx, self.config.loss, mesh=self.mesh,
                                rules=self.rules, state_shardings=self.shardings,
-                               dropout=dropout, trace_guard=trace_guard)
+                               dropout=dropout, trace_guard=trace_guard, pair_loss=pair_loss)
 
     def place(self, batch: dict) -> dict:
         """A host batch placed on this run's mesh (rows split over the batch axes)."""
@@ -180,8 +181,9 @@ def resolve_config(config) -> None:
     log_effective(resolve_defaults(config, spec), config.model.path)
 
 
-def build_run(config, workdir: str, train_pairs=None) -> Run:
-    """Builds mesh, tokenizer, model and a freshly initialised sharded train state."""
+def build_run(config, workdir: str, train_pairs=None, *, num_outputs: int = 1) -> Run:
+    """Builds mesh, tokenizer, model and a freshly initialised sharded train state
+    (``num_outputs``: the head's outputs, e.g. ODIN's quality and length heads)."""
     mesh, rules = mesh_and_rules(config)
     spec = registry.resolve(config.model.path)
     resolve_defaults(config, spec)
@@ -218,6 +220,7 @@ def build_run(config, workdir: str, train_pairs=None) -> Run:
             spec.config.hidden_size,
             is_causal=spec.is_causal,
             pooling=config.model.pooling,
+            num_outputs=num_outputs,
             seed=config.seed,
         )
         if lora is not None:

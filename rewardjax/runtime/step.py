@@ -24,8 +24,12 @@ def pair_rewards(model, batch: dict[str, jax.Array], dropout_rng=None):
     An unpacked batch (``[B, 2, L]`` arrays) runs one forward over ``[2B, L]`` rows. A packed
     batch (it has ``segment_ids``; see ``rewardjax.data.packing``) runs one forward over its
     ``[R, L]`` rows, scores every slot ``[R, S]`` and picks each pair's two slots by its
-    ``(row, slot)`` indices.
+    ``(row, slot)`` indices. A shared-prefix batch (it has ``parts``; see
+    ``rewardjax.data.shared_prefix``) holds ``[prompt | chosen | rejected]`` in one segment and
+    reads both rewards at their last tokens.
     """
+    if "parts" in batch:
+        return shared_pair_rewards(model, batch, dropout_rng)
     if "segment_ids" in batch:
         return packed_pair_rewards(model, batch, dropout_rng)
     b, two, length = batch["input_ids"].shape
@@ -59,8 +63,26 @@ def packed_pair_rewards(model, batch: dict[str, jax.Array], dropout_rng=None):
     return r[ci[:, 0], ci[:, 1]], r[ri[:, 0], ri[:, 1]]
 
 
+def shared_pair_rewards(model, batch: dict[str, jax.Array], dropout_rng=None):
+    """``(r_chosen [B], r_rejected [B])`` from a shared-prefix batch: one forward over its rows,
+    the head on the ``2B`` last tokens ``chosen_token`` then ``rejected_token``."""
+    if not hasattr(model, "token_rewards"):
+        raise TypeError(f"{type(model).__name__} cannot score shared-prefix batches "
+                        "(no token_rewards)")
+    b = batch["chosen_token"].shape[0]
+    read_at = jnp.concatenate([batch["chosen_token"], batch["rejected_token"]])  # [2B, 2]
+    r = model.token_rewards(batch["input_ids"], batch["attention_mask"], batch["segment_ids"],
+                            batch["parts"], batch["positions"], read_at,
+                            dropout_rng=dropout_rng)  # [2B]
+    return r[:b], r[b:]
+
+
 def real_tokens(batch: dict[str, jax.Array]) -> jax.Array:
-    """Non-padding tokens of the real (weight > 0) pairs of a packed or unpacked batch."""
+    """Tokens of the real (weight > 0) pairs of a batch, without padding, counted as the pairs'
+    chosen + rejected tokens: a shared-prefix batch processes fewer (its prompts once), and
+    that saving is what its tokens/s shows."""
+    if "pair_tokens" in batch:
+        return jnp.sum(batch["pair_tokens"])
     if "segment_ids" in batch:  # filler pairs are never packed
         return jnp.sum(batch["attention_mask"])
     return jnp.sum(batch["attention_mask"] * batch["weights"][:, None, None])
@@ -105,7 +127,8 @@ def place_batch(batch: dict[str, np.ndarray], mesh, rules) -> dict[str, jax.Arra
 
 
 def bt_update(graphdef, tx, loss_cfg, *, params, opt_state, rng, batch, frozen, step,
-              dropout: bool, lr_scale=None, dropout_rate=None, guard: bool = True):
+              dropout: bool, lr_scale=None, dropout_rate=None, guard: bool = True,
+              pair_loss=None):
     """One Bradley-Terry update of one reward model: the step every trainer of a BT model runs
     (:func:`make_train_step` jits it for one model, ``runtime.members`` vmaps it over stacked
     members).
@@ -121,6 +144,9 @@ def bt_update(graphdef, tx, loss_cfg, *, params, opt_state, rng, batch, frozen, 
         so scaling the update by s is AdamW at rate s * lr_t, weight decay included (up to float
         rounding); under MultiSteps the skipped micro-steps emit zeros, which stay zeros.
       dropout_rate: a traced rate overriding the backbone's configured ones (members).
+      pair_loss: ``(model, r_chosen, r_rejected, batch) -> (loss, metrics)`` replacing the
+        Bradley-Terry loss (a recipe's own loss on the same pair rewards, e.g. ODIN's); ``None``:
+        :func:`bradley_terry_loss` with ``loss_cfg``.
 
     Returns:
       ``(params, opt_state, metrics)``.
@@ -133,6 +159,8 @@ def bt_update(graphdef, tx, loss_cfg, *, params, opt_state, rng, batch, frozen, 
         if dropout and dropout_rate is not None:  # see models.llama.dropout_rates
             forward = functools.partial(model, dropout_rate=dropout_rate)
         rc, rr = pair_rewards(forward, batch, key if dropout else None)  # [B], [B]
+        if pair_loss is not None:
+            return pair_loss(model, rc, rr, batch)
         margin = loss_cfg.margin + (batch["margin"] if loss_cfg.use_data_margin else 0.0)
         return bradley_terry_loss(rc, rr, margin=margin, center_coef=loss_cfg.center_coef,
                                   weights=batch["weights"])
@@ -162,6 +190,7 @@ def make_train_step(
     state_shardings,
     dropout: bool = True,
     trace_guard=None,
+    pair_loss=None,
 ) -> Callable:
     """Returns ``train_step(state, batch) -> (state, metrics)``: :func:`bt_update` on a
     :class:`TrainState`, jitted with donation."""
@@ -171,7 +200,7 @@ def make_train_step(
             params, opt_state, metrics = bt_update(
                 graphdef, tx, loss_cfg, params=state.params, opt_state=state.opt_state,
                 rng=state.rng, batch=batch, frozen=state.frozen, step=state.step,
-                dropout=dropout)
+                dropout=dropout, pair_loss=pair_loss)
             return TrainState(step=state.step + 1, params=params, frozen=state.frozen,
                               opt_state=opt_state, rng=state.rng), metrics
 
