@@ -42,8 +42,8 @@ def pair_rewards(model, batch: dict[str, jax.Array], dropout_rng=None):
         flat["attention_mask"],
         token_type_ids=flat["token_type_ids"],
         dropout_rng=dropout_rng,
-    )  # [2B]
-    r = r.reshape(b, two)
+    )  # [2B] (or [2B, K] for a K-output head)
+    r = r.reshape((b, two) + r.shape[1:])
     return r[:, 0], r[:, 1]
 
 
