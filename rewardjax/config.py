@@ -53,7 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     # The run's randomness: init, data order, dropout, label corruption, sampling; never which
     # data the run gets (data.split_seed, data.sim.seed, bon.seed). See the module docstring.
     c.seed = 0
-    c.mode = "train"  # train | eval | score | export | rewardbench
+    c.mode = "train"  # train | eval | score | export | rewardbench | serve
     c.recipe = "bt"  # what train mode runs: bt (one model) | warm (members, WA, ENS)
 
     c.model = ml_collections.ConfigDict()
@@ -89,6 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.buckets = ()  # () -> powers of two from 64 up to model.max_length
     c.data.packing = False  # training: several pairs per model.max_length row, no padding
     c.data.pack_segments = 8  # sequences per packed row at most (static shape)
+    # Packed causal backbones: [prompt | chosen | rejected] in one segment, the prompt encoded
+    # once (exact). auto: on where exact (packing, causal, last-token pooling) | on | off
+    c.data.shared_prefix = "auto"
     c.data.sim = ml_collections.ConfigDict()
     c.data.sim.seed = 0
     c.data.sim.num_train = 4000
@@ -177,6 +180,25 @@ def base_config() -> ml_collections.ConfigDict:
     # Llama-family HF export of a head with a non-zero bias (HF's score layer has none): False
     # refuses it (auto then writes native); True drops it, shifting transformers scores by it
     c.export.drop_bias = False
+
+    # --config.mode=serve (rewardjax.modes.serve): an HTTP reward server over the workdir's model.
+    c.serve = ml_collections.ConfigDict()
+    c.serve.host = "127.0.0.1"  # loopback only unless asked
+    c.serve.port = 8000  # 0: a free port, printed and written to <workdir>/serve.json
+    c.serve.token_env = ""  # name of an env var holding a bearer token ("" : no auth)
+    c.serve.max_batch_tokens = 8192  # rows per forward = this // bucket length (at least 1)
+    c.serve.max_wait_ms = 5.0  # how long a partly filled batch waits for more requests
+    c.serve.max_queue = 4096  # queued items; beyond it requests get 503 + Retry-After
+    c.serve.max_items_per_request = 1024  # more: 413
+    c.serve.max_request_bytes = 8 * 2**20  # a larger body: 413
+    # How OpenRLHF's /get_reward texts were rendered by the *policy*: none (plain prompt text),
+    # chatml, llama3, zephyr, simple (rewardjax's own template) or auto (detected per text).
+    c.serve.policy_template = "auto"
+    # The reward of members' workdirs: "" (the scorer's own: WARM's weight average) or a
+    # prediction combination of the members: mean, median, min, uwo, mean_minus_std.
+    c.serve.combine = ""
+    c.serve.lam = 0.5  # lambda of uwo / mean_minus_std (the combine and the "uwo" breakdown)
+    c.serve.normalize = True  # apply the export's reward normalisation when it has one
 
     c.rewardbench = ml_collections.ConfigDict()
     c.rewardbench.source = "offline"  # offline (records built from ../shared/data) | hub | a path

@@ -13,6 +13,7 @@ ArmoRM, ensemble or DMoERM mixture).
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Sequence
 
 import jax
@@ -40,10 +41,23 @@ class Scorer(abc.ABC):
     # A set whose every pair the truncation policy drops: an error (native exports, as before),
     # or a report with n = 0 and NaN metrics (a training run's evaluation goes on).
     empty_is_error: bool = False
+    # True for a pairwise preference model (:class:`PairwiseScorer`): it compares responses and
+    # has no per-response reward (score mode, PPO rewards and serving refuse it).
+    pairwise: bool = False
 
     @abc.abstractmethod
     def score_encoded(self, seqs) -> dict[str, np.ndarray]:
         """``{"reward": float32 [N], ...}`` for encoded sequences, in input order."""
+
+    def padding(self) -> tuple[int, tuple[int, ...]] | None:
+        """``(rows, bucket lengths)``: every forward of :meth:`score_encoded` runs on
+        ``[rows, bucket]`` arrays, so a server can warm each shape up and fill it (the serve
+        mode); ``None`` when this scorer does not pad to fixed shapes."""
+        return None
+
+    def set_rows(self, rows: int) -> None:
+        """Later forwards run ``rows`` sequences each (one compiled shape per value)."""
+        raise NotImplementedError(f"{type(self).__name__} has no fixed batch rows")
 
     def rewards(self, seqs) -> np.ndarray:
         """Just the ``reward`` of :meth:`score_encoded` (``[0]`` for no sequences)."""
@@ -100,6 +114,23 @@ class Scorer(abc.ABC):
         """:meth:`evaluate` over ``[(name, pairs, spec)]`` (``load_sets``)."""
         return {name: self.evaluate(pairs, num_bins=num_bins) for name, pairs, _ in eval_sets}
 
+    def group_scores(self, groups: Sequence[tuple]) -> list[np.ndarray]:
+        """Per group ``(prompt, [texts])`` one score per text, higher = preferred, comparable
+        within the group (RewardBench rows). Here the rewards, each distinct (prompt, text)
+        scored once; every text must be scored (a dropped one is an error)."""
+        index: dict = {}
+        items, keys = [], []
+        for prompt, texts in groups:
+            for text in texts:
+                key = (json.dumps(prompt, sort_keys=True), text)
+                if key not in index:
+                    index[key] = len(items)
+                    items.append((prompt, text))
+                keys.append(index[key])
+        r = self.score([p for p, _ in items], [t for _, t in items])["reward"] if items else []
+        r = np.asarray(r, np.float64)[np.asarray(keys, np.int64)] if keys else np.zeros((0,))
+        return np.split(r, np.cumsum([len(t) for _, t in groups])[:-1]) if groups else []
+
 
 class ModelScorer(Scorer):
     """One reward model: a built run (graphdef, mesh, encoder) with ``params`` / ``frozen``.
@@ -137,6 +168,12 @@ class ModelScorer(Scorer):
             np.zeros((0,), np.float32)]
         return {"reward": r.astype(np.float32)}
 
+    def padding(self) -> tuple[int, tuple[int, ...]]:
+        return self.batch_size, tuple(self.buckets)
+
+    def set_rows(self, rows: int) -> None:
+        self.batch_size = int(rows)
+
 
 class MembersScorer(Scorer):
     """Stacked members (a leading member axis on the trainable parameters) scored one by one
@@ -167,6 +204,12 @@ class MembersScorer(Scorer):
             reward = np.asarray(combine(members, self.combine, lam=self.lam), np.float32)
         return {"reward": reward, "members": members.T}  # members [N, M]
 
+    def padding(self) -> tuple[int, tuple[int, ...]]:
+        return self.base.padding()
+
+    def set_rows(self, rows: int) -> None:
+        self.base.set_rows(rows)  # each member's scorer is made from ``base`` per call
+
 
 class NativeScorer(Scorer):
     """A loaded native export (:class:`rewardjax.export.NativeModel`): its combined ``reward``
@@ -183,4 +226,118 @@ class NativeScorer(Scorer):
     def score_encoded(self, seqs) -> dict[str, np.ndarray]:
         if not seqs:
             return {"reward": np.zeros((0,), np.float32)}
-        return self.model.score_encoded(list(seqs), self.batch_size)
+        out = self.model.score_encoded(list(seqs), self.batch_size)
+        if self.model.kind == "ensemble":  # the model's [M, N] as every scorer's [N, M]
+            out = {**out, "members": np.asarray(out["members"]).T}
+        return out
+
+    def padding(self) -> tuple[int, tuple[int, ...]]:
+        return self.batch_size, default_buckets(int(self.model.manifest["encoding"]["max_length"]))
+
+    def set_rows(self, rows: int) -> None:
+        self.batch_size = int(rows)
+
+
+class PairwiseScorer(Scorer):
+    """A pairwise preference model: ``[prompt, A, B]`` -> the logit of P(A better).
+
+    Every comparison is asked in both orders and symmetrised,
+    ``P_sym(A > B) = (P(A | A, B) + 1 - P(B | B, A)) / 2``, so ``P_sym(B > A) = 1 - P_sym(A > B)``
+    whatever order the caller uses (the judges' position swap, DESIGN §3). There is no
+    per-response reward: :meth:`score_encoded` (and so ``score`` / ``rewards`` / ``score_items``)
+    raises a clear error, which is what the score mode, PPO rewards and serving get.
+
+    Args:
+      base: scores sequences encoded by ``encoder`` (:meth:`Scorer.rewards`); its output is the
+        logit of P(A better) (e.g. a :class:`ModelScorer` of the trained run).
+      encoder: a :class:`rewardjax.data.pairwise.PairwiseEncoder`.
+    """
+
+    pairwise = True
+
+    def __init__(self, base: Scorer, encoder):
+        self.base, self.encoder = base, encoder
+        self.step = base.step
+
+    def score_encoded(self, seqs) -> dict[str, np.ndarray]:
+        from rewardjax.data.pairwise import NO_REWARD
+
+        raise ValueError(NO_REWARD)
+
+    def logits_encoded(self, seqs) -> np.ndarray:
+        """Logits of P(A better) ``[N]`` for encoded triples."""
+        return self.base.rewards(seqs)
+
+    def encode_orders(self, pairs):
+        """Pairs (or an ``EncodedOrders``) -> ``EncodedOrders``; dropped pairs left out."""
+        from rewardjax.data.pairwise import EncodedOrders, encode_orders
+
+        return pairs if isinstance(pairs, EncodedOrders) else encode_orders(pairs, self.encoder)
+
+    def order_logits(self, data) -> tuple[np.ndarray, np.ndarray]:
+        """``(z_ab, z_ba)``: logits with the first response shown first, then second."""
+        z = self.logits_encoded(data.ab + data.ba)
+        return z[: len(data)], z[len(data):]
+
+    def compare(self, prompts: Sequence, a: Sequence[str], b: Sequence[str]) -> dict:
+        """``{"p": P_sym(a > b), "logit": its log-odds, "p_ab": P(a | a, b), "p_ba":
+        P(b | b, a)}``, each ``[N]`` float64; every triple must be encoded (a dropped one is
+        an error)."""
+        from rewardjax.data.pairwise import encode_orders
+        from rewardjax.data.records import Pair
+        from rewardjax.eval.pairwise_bon import symmetric_logit
+
+        pairs = [Pair(list(p), x, y, meta={"record": i})
+                 for i, (p, x, y) in enumerate(zip(prompts, a, b, strict=True))]
+        data = encode_orders(pairs, self.encoder)
+        if len(data) != len(pairs):
+            raise ValueError(f"{len(pairs) - len(data)} comparisons were dropped by the "
+                             "truncation policy (data.truncation=drop); use keep_end")
+        za, zb = self.order_logits(data)
+        sig = lambda z: 1.0 / (1.0 + np.exp(-np.asarray(z, np.float64)))  # noqa: E731
+        logit = symmetric_logit(za, zb)
+        return {"p": sig(logit), "logit": logit, "p_ab": sig(za), "p_ba": sig(zb)}
+
+    def evaluate(self, pairs, *, num_bins: int = 10) -> dict:
+        """As :meth:`Scorer.evaluate` with ``P_sym(chosen > rejected)`` in place of
+        ``σ(r_chosen - r_rejected)``: accuracy is ``P_sym > 0.5`` (a tie at exactly 0.5 is wrong,
+        like a reward tie), calibration over both orientations, ``reward_margin`` the mean
+        log-odds; ``order`` holds the one-order accuracies and the flip rate
+        (:func:`rewardjax.eval.pairwise_bon.order_report`)."""
+        from rewardjax.eval.pairwise_bon import order_report, symmetric_logit
+
+        data = self.encode_orders(pairs)
+        if not data.pairs and self.empty_is_error:
+            raise ValueError("every pair was dropped by the truncation policy")
+        za, zb = self.order_logits(data)
+        s = symmetric_logit(za, zb)
+        res = pair_report(s, np.zeros_like(s), data, num_bins=num_bins)
+        for key in ("reward_mean", "reward_std"):  # moments of rewards this model has not got
+            res.pop(key, None)
+        res["order"] = order_report(za, zb)
+        return res
+
+    def group_scores(self, groups: Sequence[tuple]) -> list[np.ndarray]:
+        """Per group ``(prompt, [texts])``: 0 for the first text and
+        ``logit P_sym(text_i > text_0)`` for the others, so the order within a group is the
+        model's verdict against the first text (RewardBench: the chosen one). Each distinct
+        comparison is asked once (both orders)."""
+        index: dict = {}
+        prompts, others, anchors, keys = [], [], [], []
+        for prompt, texts in groups:
+            for text in texts[1:]:
+                key = (json.dumps(prompt, sort_keys=True), texts[0], text)
+                if key not in index:
+                    index[key] = len(prompts)
+                    prompts.append(prompt)
+                    others.append(text)
+                    anchors.append(texts[0])
+                keys.append(index[key])
+        s = np.zeros((0,))
+        if prompts:
+            s = self.compare(prompts, others, anchors)["logit"][np.asarray(keys, np.int64)]
+        out, i = [], 0
+        for _, texts in groups:
+            out.append(np.concatenate([[0.0], s[i:i + len(texts) - 1]]))
+            i += len(texts) - 1
+        return out

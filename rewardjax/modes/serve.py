@@ -1,0 +1,80 @@
+"""The ``serve`` mode: an HTTP reward server over the workdir's reward model.
+
+    python -m rewardjax.main --config=configs/bt.py --config.mode=serve --workdir=runs/x \\
+        --config.serve.port=8000 --config.serve.policy_template=chatml
+
+Any workdir with a scorer serves (bt, more, WARM members, ArmoRM, DMoERM, a native export, or
+an HF checkpoint / GGUF as ``model.path`` with a trained head): the recipe says how the workdir
+becomes a :class:`rewardjax.runtime.Scorer`, and this mode never asks which recipe it is.
+
+Endpoints (:mod:`rewardjax.serve.app`): OpenRLHF's ``POST /get_reward``, ``POST /v1/rewards``,
+``GET /health`` (ready after warm-up compiled every batch shape), ``GET /metrics``. The server
+binds ``serve.host`` (127.0.0.1 unless asked) on ``serve.port`` (0: a free port), writes
+``<workdir>/serve.json`` (host, port, pid) once listening, and on SIGTERM / Ctrl-C stops
+accepting connections, answers every request in flight, scores whatever is queued and exits.
+A bearer token, when wanted, is read from the environment variable named by
+``serve.token_env`` and never logged.
+
+Meshes: a model sharded over the devices of one host serves from that one process (the
+scorer's forward is the mesh-sharded one of training). Several processes (``--multihost``)
+would have to run every batch in lockstep with process 0; that is not implemented, and the mode
+refuses such a launch with an error rather than hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import jax
+
+from rewardjax import recipes
+from rewardjax.runtime import write_json
+from rewardjax.serve.app import RewardServer, build_app, token_from_env
+
+READS = ("serve",)
+
+log = logging.getLogger(__name__)
+
+
+def make_server(config, workdir: str) -> RewardServer:
+    """The workdir's scorer behind a :class:`RewardServer` configured by ``config.serve``."""
+    s = config.serve
+    token = token_from_env(s.token_env)  # before loading the model: fail fast
+    scorer = recipes.get(config.recipe).scorer(config, workdir, "serve")
+    return RewardServer(scorer, recipe=config.recipe, token=token,
+                        max_batch_tokens=int(s.max_batch_tokens),
+                        max_wait_ms=float(s.max_wait_ms), max_queue=int(s.max_queue),
+                        max_items_per_request=int(s.max_items_per_request),
+                        max_request_bytes=int(s.max_request_bytes),
+                        policy_template=s.policy_template, combine=s.combine, lam=float(s.lam),
+                        normalize=bool(s.normalize))
+
+
+def run(config, workdir: str) -> dict:
+    """Serves until SIGTERM / SIGINT; returns ``{"host", "port"}`` after a clean shutdown."""
+    import uvicorn
+
+    if jax.process_count() > 1:
+        raise ValueError("--config.mode=serve runs in one process (a mesh over one host's "
+                         f"devices); this launch has {jax.process_count()} processes. Serve "
+                         "from one host, or one server per host behind a load balancer")
+    server = make_server(config, workdir)
+    host, port = str(config.serve.host), int(config.serve.port)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))  # bound here so port 0 becomes a known port before serving
+    port = sock.getsockname()[1]
+    info = {"host": host, "port": port, "pid": os.getpid(), "recipe": config.recipe,
+            "step": server.scorer.step}
+    write_json(os.path.join(workdir, "serve.json"), info)
+    print(f"serving {config.recipe} reward model of {workdir} on http://{host}:{port} "
+          "(ready when GET /health says ok)", flush=True)
+    uv = uvicorn.Server(uvicorn.Config(build_app(server), log_level="info", access_log=False,
+                                       lifespan="on", timeout_graceful_shutdown=None))
+    uv.run(sockets=[sock])
+    if server.warm_error is not None:
+        raise RuntimeError(f"warm-up failed: {server.warm_error}") from server.warm_error
+    return {"host": host, "port": port}
