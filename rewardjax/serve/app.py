@@ -192,7 +192,7 @@ class RewardServer:
         if fut in done:
             gone.cancel()
             return fut.result()
-        job.cancel()
+        self.batcher.cancel(job)
         return None
 
 

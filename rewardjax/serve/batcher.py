@@ -141,6 +141,19 @@ class Batcher:
             self._cond.notify()
         return req
 
+    def cancel(self, req: Request) -> None:
+        """Drops ``req``'s waiting texts at once (its client went away) and cancels it."""
+        with self._cond:
+            req.cancel()
+            for q in self._pending.values():
+                kept = [it for it in q if it.request is not req]
+                if len(kept) < len(q):
+                    self._depth -= len(q) - len(kept)
+                    q.clear()
+                    q.extend(kept)
+            self._gauge()
+            self._cond.notify()
+
     def depth(self) -> int:
         return self._depth
 

@@ -69,7 +69,8 @@ def test_a_full_queue_refuses_and_a_cancelled_request_is_never_scored():
     with pytest.raises(QueueFull, match="at most 3"):
         b.submit([seq(1), seq(2)])
     kept = b.submit([seq(9)])
-    gone.cancel()
+    b.cancel(gone)
+    assert b.depth() == 1  # dropped at once, not when the worker comes by
     b.start()  # the worker starts after the cancel: only `kept` is left to score
     assert float(kept.future.result(timeout=10)[0]["reward"]) == 9
     b.stop()
