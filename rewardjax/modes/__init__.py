@@ -1,5 +1,5 @@
 """Modes: what ``--config.mode`` does with a recipe's workdir (train, eval, score, export,
-rewardbench). Each is a module here with ``run(config, workdir)``; it asks the recipe
+rewardbench, serve). Each is a module here with ``run(config, workdir)``; it asks the recipe
 (:func:`rewardjax.recipes.get`) for a trainer, a scorer or an exporter and never names recipes.
 
 A mode module may set ``READS``: the config sections it reads besides the trained model's

@@ -11,7 +11,9 @@ Endpoints (:mod:`rewardjax.serve.app`): OpenRLHF's ``POST /get_reward``, ``POST 
 ``GET /health`` (ready after warm-up compiled every batch shape), ``GET /metrics``. The server
 binds ``serve.host`` (127.0.0.1 unless asked) on ``serve.port`` (0: a free port), writes
 ``<workdir>/serve.json`` (host, port, pid) once listening, and on SIGTERM / Ctrl-C stops
-accepting connections, answers every request in flight, scores whatever is queued and exits.
+accepting connections, answers every request in flight, scores whatever is queued and exits
+(uvicorn then re-raises the signal, so the exit status says SIGTERM). A failed warm-up stops
+the server with the error.
 A bearer token, when wanted, is read from the environment variable named by
 ``serve.token_env`` and never logged.
 
@@ -74,6 +76,7 @@ def run(config, workdir: str) -> dict:
           "(ready when GET /health says ok)", flush=True)
     uv = uvicorn.Server(uvicorn.Config(build_app(server), log_level="info", access_log=False,
                                        lifespan="on", timeout_graceful_shutdown=None))
+    server.on_warm_error = lambda: setattr(uv, "should_exit", True)  # no half-up server
     uv.run(sockets=[sock])
     if server.warm_error is not None:
         raise RuntimeError(f"warm-up failed: {server.warm_error}") from server.warm_error

@@ -15,6 +15,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -29,6 +30,7 @@ from rewardjax.serve.batcher import Batcher, QueueFull
 from rewardjax.serve.metrics import ServeMetrics
 from rewardjax.serve.post import make_post
 from rewardjax.serve.protocol import (
+    POLICY_TEMPLATES,
     BadRequest,
     extra_logs,
     item_result,
@@ -59,6 +61,9 @@ class RewardServer:
         if unknown:
             raise TypeError(f"unknown server options {sorted(unknown)}")
         self.opts = {**DEFAULTS, **options}
+        if self.opts["policy_template"] not in POLICY_TEMPLATES:
+            raise ValueError(f"unknown serve.policy_template {self.opts['policy_template']!r}; "
+                             f"choose from {', '.join(POLICY_TEMPLATES)}")
         self.scorer, self.recipe = scorer, recipe
         self.metrics = ServeMetrics()
         post, self.labels = make_post(scorer, combine=self.opts["combine"],
@@ -70,6 +75,7 @@ class RewardServer:
                                metrics=self.metrics)
         self.ready = threading.Event()
         self.warm_error: BaseException | None = None
+        self.on_warm_error = None  # called when warm-up fails (the mode stops the server)
         self._encode_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -89,6 +95,8 @@ class RewardServer:
         except BaseException as err:  # noqa: BLE001 -- reported by /health and the mode
             self.warm_error = err
             log.exception("warm-up failed")
+            if self.on_warm_error is not None:
+                self.on_warm_error()
             raise
 
     def close(self) -> None:
@@ -173,10 +181,17 @@ class RewardServer:
                                 **{"Retry-After": retry})
         except RuntimeError as err:  # shutting down
             return self._refuse(503, str(err), "shutting_down", **{"Retry-After": retry})
-        rows = await self._wait(request, job)
+        try:
+            rows = await self._wait(request, job)
+        except Exception as err:  # noqa: BLE001 -- the batch failed; the server goes on
+            return self._refuse(500, f"scoring failed: {type(err).__name__}: {err}", "error")
         if rows is None:  # the client went away; nothing of its request is left queued
             return self._refuse(499, "client disconnected", "cancelled")
         results = [item_result(row, self.labels) for row in rows]
+        bad = [i for i, r in enumerate(results) if not math.isfinite(r["reward"])]
+        if bad:
+            return self._refuse(500, f"the model gave non-finite rewards for items {bad}",
+                                "error")
         if endpoint == "get_reward":
             rewards = [r["reward"] for r in results]
             return JSONResponse({"rewards": rewards, "scores": rewards,
