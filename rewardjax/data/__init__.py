@@ -32,6 +32,15 @@ _EXPORTS = {
     "corrupt_labels": "corruption",
     "SimulatorConfig": "simulator",
     "simulate": "simulator",
+    "StepRecord": "steps",
+    "StepEncoder": "steps",
+    "EncodedSteps": "steps",
+    "load_steps": "steps",
+    "encode_step_records": "steps",
+    "collate_steps": "steps",
+    "solution_pairs": "steps",
+    "StepSimConfig": "sim_steps",
+    "simulate_steps": "sim_steps",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

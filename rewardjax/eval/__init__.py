@@ -20,6 +20,9 @@ _EXPORTS = {
     "build_offline": "rewardbench",
     "evaluate": "rewardbench",
     "load": "rewardbench",
+    "process_report": "process",
+    "step_metrics": "process",
+    "first_error_metrics": "process",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -37,6 +37,9 @@ class Recipe:
       export: ``(config, workdir, options) -> {"format", "dir", "normalisation"}``; ``None``
         when the recipe has no exportable reward model (``no_scorer`` says why).
       no_scorer: why eval / score / export / rewardbench cannot read this recipe's workdir.
+      evaluate: ``(config, workdir) -> (summary, table)`` for the ``eval`` mode when the
+        recipe's evaluation sets are not preference pairs (prm: step-labelled solutions);
+        ``None``: the scorer's ``evaluate_sets`` on ``data.eval`` pairs.
       reads: what this recipe's training reads besides the shared run sections
         (:data:`rewardjax.config.RUN_READS`: ``model``, ``data``, ``train``, ``eval``, ``mesh``,
         ...): its own sections (``"members"``), and ``"!key: why / what to set instead"`` for a
@@ -51,6 +54,7 @@ class Recipe:
     export: Callable[[Any, str, dict], dict] | None = None
     no_scorer: str = ""
     reads: tuple[str, ...] = ()
+    evaluate: Callable[[Any, str], tuple[dict, str]] | None = None
 
     def scorer(self, config, workdir: str, mode: str):
         """The workdir's scorer, or a clear error saying why ``mode`` cannot use it."""
