@@ -116,7 +116,7 @@ def collate_packed_pairs(
         raise ValueError(f"{len(indices)} pairs do not fit a batch of {batch_size}")
     seqs: list[Encoded] = [data.chosen[i] for i in indices] + [data.rejected[i] for i in indices]
     placed = first_fit_decreasing([len(s.ids) for s in seqs], row_length, max_segments)
-    n_rows = _row_count(len(placed), rows)
+    n_rows = pick_row_count(len(placed), rows)
 
     ids = np.full((n_rows, row_length), pad_id, np.int32)
     mask = np.zeros((n_rows, row_length), np.int32)
@@ -155,7 +155,7 @@ def collate_packed_pairs(
     }
 
 
-def _row_count(used: int, rows) -> int:
+def pick_row_count(used: int, rows) -> int:
     if rows is None:
         return used
     if isinstance(rows, (int, np.integer)):

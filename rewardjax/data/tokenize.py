@@ -148,8 +148,29 @@ class SequenceEncoder:
             which no tokenizer can encode; the loaders reject such records earlier, this covers
             Python callers that build pairs themselves.
         """
+        return self._fit(*self._render(prompt, response, origin))
+
+    def encode_pair(self, prompt: Sequence[dict[str, str]], chosen: str, rejected: str, *,
+                    origins: tuple[str, str] = ("", "")) -> tuple[Encoded | None, Encoded | None]:
+        """Encodes both responses of a pair with the prompt truncated *identically*.
+
+        Under ``keep_end`` each side alone would keep as much prompt as its own response leaves
+        room for, so the two prompts of a truncated pair would start at different tokens and
+        share nothing. Here both keep the shorter of the two prompt lengths, so the encoded
+        prompts stay equal and a shared-prefix layout (``rewardjax.data.shared_prefix``) can
+        hold the prompt once. Pairs that render different prompts are encoded side by side as
+        :meth:`encode` does.
+        """
+        a = self._render(prompt, chosen, origins[0])
+        b = self._render(prompt, rejected, origins[1])
+        if a[:3] != b[:3]:
+            return self._fit(*a), self._fit(*b)
+        keep = min(self._prompt_keep(*a), self._prompt_keep(*b))
+        return self._fit(*a, keep_p=keep), self._fit(*b, keep_p=keep)
+
+    def _render(self, prompt, response, origin):
         try:
-            pre, p, mid, r, post = self._split(prompt, response)
+            return self._split(prompt, response)
         except (UnicodeEncodeError, TypeError) as err:
             # Fast tokenizers reject a lone surrogate with a TypeError ("TextEncodeInput must
             # be ..."), slow ones and Jinja with a UnicodeEncodeError: neither names the text.
@@ -161,22 +182,36 @@ class SequenceEncoder:
                              f"({type(err).__name__}: {err}). Replace or remove that character "
                              "(rewardjax.data.formats.load_pairs rejects such records by file "
                              "and record)") from None
+
+    def _budget(self, pre, mid, post) -> int:
+        return self.max_length - len(pre) - len(mid) - len(post)
+
+    def _prompt_keep(self, pre, p, mid, r, post) -> int:
+        """Prompt tokens ``keep_end`` keeps: at least half the budget (or all of itself if
+        shorter), more when the response leaves room; its start goes."""
+        budget = self._budget(pre, mid, post)
+        if len(p) + len(r) <= budget:
+            return len(p)
+        return max(budget - len(r), min(len(p), budget // 2))
+
+    def _fit(self, pre, p, mid, r, post, keep_p: int | None = None) -> Encoded | None:
+        """Applies the truncation policy (``keep_p``: the prompt tokens to keep, default the
+        policy's own choice for this sequence) and builds the :class:`Encoded`."""
         self.stats.sequences += 1
-        budget = self.max_length - len(pre) - len(mid) - len(post)
-        if len(p) + len(r) > budget:
-            if self.policy == "drop":
-                self.stats.dropped += 1
-                return None
-            removed = len(p) + len(r) - budget
-            # Prompt keeps at least half the budget (or all of itself if shorter); its start goes.
-            keep_p = max(budget - len(r), min(len(p), budget // 2))
+        budget = self._budget(pre, mid, post)
+        if len(p) + len(r) > budget and self.policy == "drop":
+            self.stats.dropped += 1
+            return None
+        if self.policy == "keep_end":
+            before = len(p) + len(r)
+            keep_p = self._prompt_keep(pre, p, mid, r, post) if keep_p is None else keep_p
             if keep_p < len(p):
                 p = p[len(p) - keep_p :]
                 self.stats.prompt_truncated += 1
             if len(p) + len(r) > budget:
                 r = r[: budget - len(p)]
                 self.stats.response_truncated += 1
-            self.stats.tokens_removed += removed
+            self.stats.tokens_removed += before - len(p) - len(r)
         ids = pre + p + mid + r + post
         types = [0] * (len(pre) + len(p) + len(mid)) + [1] * (len(r) + len(post))
         if self.mode != "pair":
@@ -226,13 +261,24 @@ class EncodedPairs:
         return int(sum(len(c.ids) + len(r.ids) for c, r in zip(self.chosen, self.rejected)))
 
 
-def encode_pairs(pairs: Iterable[Pair], encoder: SequenceEncoder) -> EncodedPairs:
-    """Tokenizes pairs; a pair is dropped (and counted) if either side is dropped."""
+def encode_pairs(pairs: Iterable[Pair], encoder: SequenceEncoder, *,
+                 same_prompt: bool = False) -> EncodedPairs:
+    """Tokenizes pairs; a pair is dropped (and counted) if either side is dropped.
+
+    Args:
+      same_prompt: truncate both prompts of a pair identically
+        (:meth:`SequenceEncoder.encode_pair`), as shared-prefix training needs; off, each side
+        is truncated on its own (the layout every earlier run used).
+    """
     before = dataclasses.replace(encoder.stats)
     chosen, rejected, kept = [], [], []
     for pair in pairs:
-        c = encoder.encode(pair.prompt, pair.chosen, origin=_origin(pair.meta, "chosen"))
-        r = encoder.encode(pair.prompt, pair.rejected, origin=_origin(pair.meta, "rejected"))
+        origins = (_origin(pair.meta, "chosen"), _origin(pair.meta, "rejected"))
+        if same_prompt:
+            c, r = encoder.encode_pair(pair.prompt, pair.chosen, pair.rejected, origins=origins)
+        else:
+            c = encoder.encode(pair.prompt, pair.chosen, origin=origins[0])
+            r = encoder.encode(pair.prompt, pair.rejected, origin=origins[1])
         if c is None or r is None:
             continue
         chosen.append(c)

@@ -27,12 +27,13 @@ class AttentionMask(NamedTuple):
 
 def make_attention_mask(attention_mask: jax.Array, *, causal: bool,
                         segment_ids: jax.Array | None = None,
-                        impl: str = "xla") -> AttentionMask:
+                        impl: str = "xla", parts: jax.Array | None = None) -> AttentionMask:
     """The :class:`AttentionMask` for a batch: lengths only where a fused kernel can use them
-    (``impl="cudnn"``, unpacked right-padded rows), otherwise the materialised bias."""
-    if impl == "cudnn" and segment_ids is None:
+    (``impl="cudnn"``, unpacked right-padded rows), otherwise the materialised bias.
+    ``parts`` marks shared-prefix rows (see :func:`attention_bias`)."""
+    if impl == "cudnn" and segment_ids is None and parts is None:
         return AttentionMask(None, attention_mask.astype(jnp.int32).sum(-1), causal=causal)
-    bias = attention_bias(attention_mask, causal=causal, segment_ids=segment_ids)
+    bias = attention_bias(attention_mask, causal=causal, segment_ids=segment_ids, parts=parts)
     return AttentionMask(bias, None, causal=causal)
 
 
@@ -162,8 +163,14 @@ def attention_bias(
     causal: bool,
     segment_ids: jax.Array | None = None,
     dtype=jnp.float32,
+    parts: jax.Array | None = None,
 ) -> jax.Array:
     """Additive attention bias ``[batch, 1, q, k]`` from padding, causality and packing.
+
+    ``parts [B, T]`` marks shared-prefix pairs ``[prompt | chosen | rejected]`` in one segment
+    (0 = shared prompt, 1 = chosen, 2 = rejected): a query sees a key of its own segment only if
+    the key is in the prompt or in the query's own part, so the rejected response never sees
+    the chosen one. This dense bias is the reference every faster path must equal.
 
     Rows for padding queries attend to themselves so softmax never sees an all-masked row
     (their outputs are ignored by pooling anyway).
@@ -175,6 +182,9 @@ def attention_bias(
         allowed = allowed & jnp.tril(jnp.ones((t, t), bool))[None]
     if segment_ids is not None:
         allowed = allowed & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    if parts is not None:
+        key_part = parts[:, None, :]  # [B, 1, k]
+        allowed = allowed & ((key_part == 0) | (key_part == parts[:, :, None]))
     eye = jnp.eye(mask.shape[-1], dtype=bool)[None]
     allowed = allowed | (eye & ~mask[:, :, None])
     big_neg = jnp.finfo(dtype).min

@@ -311,22 +311,28 @@ class Llama(nnx.Module):
                                   dtype=dtype, param_dtype=param_dtype,
                                   std=c.initializer_range, rngs=rngs)
 
-    def attention_inputs(self, attention_mask, segment_ids=None):
-        """``(positions [B,T], AttentionMask)`` for padding, packing and windows.
+    def attention_inputs(self, attention_mask, segment_ids=None, parts=None, positions=None):
+        """``(positions [B,T], AttentionMask)`` for padding, packing, shared prefixes and windows.
 
-        With ``attention='cudnn'`` an unpacked, unwindowed batch is described by its lengths
-        (right padding), so the fused kernel never sees a ``T x T`` bias.
+        ``parts`` marks shared-prefix rows (``models.layers.attention_bias``); their
+        ``positions`` are given by the caller (a rejected response continues from the end of
+        the prompt, not from the end of the chosen one). With ``attention='cudnn'`` an unpacked,
+        unwindowed batch is described by its lengths (right padding), so the fused kernel never
+        sees a ``T x T`` bias.
         """
-        if segment_ids is not None:
-            positions = segment_positions(segment_ids)
-        else:
-            positions = positions_from_mask(attention_mask)
+        if positions is None:
+            if parts is not None:
+                raise ValueError("shared-prefix rows (parts) need explicit positions")
+            if segment_ids is not None:
+                positions = segment_positions(segment_ids)
+            else:
+                positions = positions_from_mask(attention_mask)
         window = self.config.sliding_window
         if window is None:
             return positions, make_attention_mask(attention_mask, causal=True,
                                                   segment_ids=segment_ids,
-                                                  impl=self.config.attention)
-        bias = attention_bias(attention_mask, causal=True, segment_ids=segment_ids)
+                                                  impl=self.config.attention, parts=parts)
+        bias = attention_bias(attention_mask, causal=True, segment_ids=segment_ids, parts=parts)
         # Position differences equal index differences inside a real sequence, so the window
         # is measured the same way for left padding and packed rows.
         dist = positions[:, :, None] - positions[:, None, :]  # [B, q, k]
@@ -335,10 +341,14 @@ class Llama(nnx.Module):
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, *,
                  segment_ids: jax.Array | None = None, dropout_rng: jax.Array | None = None,
-                 dropout_rate=None) -> jax.Array:
-        """Final-norm hidden states ``[batch, seq, hidden]`` in the compute dtype."""
+                 dropout_rate=None, parts: jax.Array | None = None,
+                 positions: jax.Array | None = None) -> jax.Array:
+        """Final-norm hidden states ``[batch, seq, hidden]`` in the compute dtype.
+
+        ``parts`` / ``positions`` ``[B, T]``: shared-prefix rows (``rewardjax.data.shared_prefix``).
+        """
         c = self.config
-        positions, bias = self.attention_inputs(attention_mask, segment_ids)
+        positions, bias = self.attention_inputs(attention_mask, segment_ids, parts, positions)
         rope = rope_tables(c, positions)
         rates = dropout_rates(dropout_rate, c.hidden_dropout, c.attention_dropout)
         x = constrain(embed_lookup(self.embed, input_ids, self.dtype), ("batch", "seq", "embed"))

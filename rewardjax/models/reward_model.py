@@ -9,6 +9,7 @@ extractors) without touching the backbone code.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from rewardjax.heads.scalar import LinearHead, PoolerHead
@@ -51,13 +52,18 @@ class RewardModel(nnx.Module):
         token_type_ids: jax.Array | None = None,
         dropout_rng: jax.Array | None = None,
         dropout_rate=None,
+        parts: jax.Array | None = None,
+        positions: jax.Array | None = None,
     ) -> jax.Array:
-        """The backbone's hidden states ``[B, T, D]`` (packed rows when ``segment_ids``)."""
+        """The backbone's hidden states ``[B, T, D]`` (packed rows when ``segment_ids``;
+        shared-prefix rows with ``parts`` and ``positions``, causal backbones only)."""
         kwargs = {}
         if self.uses_token_types and token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         if segment_ids is not None:  # unpacked calls keep the backbone's default exactly
             kwargs["segment_ids"] = segment_ids
+        if parts is not None:
+            kwargs.update(parts=parts, positions=positions)
         return self.backbone(
             input_ids, attention_mask, dropout_rng=dropout_rng, dropout_rate=dropout_rate, **kwargs
         )
@@ -134,6 +140,38 @@ class RewardModel(nnx.Module):
         r, s, d = z.shape
         out = self.head(z.reshape(r * s, d))  # heads take [N, D]
         return out.reshape((r, s) + out.shape[1:])
+
+    def token_rewards(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        segment_ids: jax.Array,
+        parts: jax.Array,
+        positions: jax.Array,
+        read_at: jax.Array,
+        *,
+        dropout_rng: jax.Array | None = None,
+        dropout_rate=None,
+    ) -> jax.Array:
+        """Rewards read at given tokens of shared-prefix rows (``rewardjax.data.shared_prefix``).
+
+        Args:
+          input_ids, attention_mask, segment_ids, parts, positions: ``[R, L]`` rows.
+          read_at: ``[N, 2]`` ``(row, column)`` of each sequence's last token.
+
+        Returns:
+          ``[N]`` (or ``[N, K]``): the head on the hidden state at each ``read_at`` token, which
+          is the ``"last"`` pooling of that sequence encoded alone.
+        """
+        if self.pooling != "last":
+            raise ValueError(f"shared-prefix rows read the last token of each response; this "
+                             f"model pools {self.pooling!r}")
+        hidden = self.hidden_states(
+            input_ids, attention_mask, segment_ids=segment_ids, parts=parts, positions=positions,
+            dropout_rng=dropout_rng, dropout_rate=dropout_rate,
+        )  # [R, L, D]
+        z = hidden[read_at[:, 0], read_at[:, 1]].astype(jnp.float32)  # [N, D]
+        return self.head(z)
 
     def __call__(
         self,

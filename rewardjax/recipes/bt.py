@@ -17,6 +17,7 @@ from rewardjax.data import (
     load_sets,
     load_train_pairs,
 )
+from rewardjax.data.shared_prefix import SharedPrefixBatches, sharing_enabled
 from rewardjax.data.sources import margin_warning, summary_stats
 from rewardjax.recipes import Recipe, register
 from rewardjax.runtime import (
@@ -50,7 +51,7 @@ def train(config, workdir: str) -> dict:
     eval_sets = load_sets(config.data.eval, config.data)
     run = build_run(config, workdir, train_pairs)
 
-    data = encode_pairs(train_pairs, run.encoder)
+    data = encode_pairs(train_pairs, run.encoder, same_prompt=shares_prefix(config, run))
     batch_at = make_batches(config, run, data)
     train_step = run.train_step(dropout=tcfg.dropout)
 
@@ -78,6 +79,7 @@ def train(config, workdir: str) -> dict:
         "data": {"train": loaded,
                  "eval": {name: summary_stats(stats) for name, _, stats in eval_sets}},
         "truncation": data.stats.as_dict(),
+        "shared_prefix": batch_at.sharing.as_dict() if batch_at.sharing else "off",
         "train_real_tokens_per_s": trainer.tokens / max(trainer.train_time, 1e-9),
         "eval": results,
         "params": _param_counts(state),
@@ -90,18 +92,28 @@ def train(config, workdir: str) -> dict:
     return summary
 
 
+def shares_prefix(config, run) -> bool:
+    """Whether this run lays pairs out as shared-prefix rows (``data.shared_prefix``)."""
+    return sharing_enabled(config.data.get("shared_prefix", "off"),
+                           packing=bool(config.data.get("packing", False)),
+                           is_causal=bool(run.spec.is_causal), pooling=config.model.pooling)
+
+
 def make_batches(config, run, data):
     """``step -> host batch``, a pure function of ``(seed, step)``: length-bucketed padded
     pairs, or with ``data.packing`` random batches of pairs packed padding-free into
     ``model.max_length`` rows of at most ``data.pack_segments`` sequences (``data.buckets`` and
-    ``data.padding_side`` do not apply there)."""
+    ``data.padding_side`` do not apply there); on causal backbones the two sequences of a pair
+    share their prompt (``data.shared_prefix``, :mod:`rewardjax.data.shared_prefix`).
+    The function's ``sharing`` attribute holds the shared-prefix counts (None: not shared)."""
     tcfg, pad_id = config.train, run.tokenizer.pad_token_id
     if config.data.get("packing", False):
-        packed = PackedPairBatches(
+        kind = SharedPrefixBatches if shares_prefix(config, run) else PackedPairBatches
+        packed = kind(
             data, tcfg.batch_size, config.model.max_length, config.data.get("pack_segments", 8),
             pad_id, seed=config.seed, row_multiple=batch_axis_size(run.mesh, run.rules),
         )
-        return packed.at_step
+        return _with_sharing(packed.at_step, getattr(packed, "stats", None))
     buckets = tuple(config.data.buckets) or default_buckets(config.model.max_length)
     plan = BatchPlan(data.lengths(), tcfg.batch_size, buckets, seed=config.seed, shuffle=True)
     left = config.data.padding_side == "left"
@@ -110,6 +122,14 @@ def make_batches(config, run, data):
         length, idx = plan.at_step(step)
         return collate_pairs(data, idx, length, tcfg.batch_size, pad_id, left)
 
+    return _with_sharing(at_step, None)
+
+
+def _with_sharing(fn, stats):
+    def at_step(step: int):
+        return fn(step)
+
+    at_step.sharing = stats
     return at_step
 
 
