@@ -29,6 +29,8 @@ _EXPORTS = {
     "collate_single": "batching",
     "map_batches": "batching",
     "PackedPairBatches": "packing",
+    "SharedPrefixBatches": "shared_prefix",
+    "sharing_enabled": "shared_prefix",
     "corrupt_labels": "corruption",
     "SimulatorConfig": "simulator",
     "simulate": "simulator",

@@ -11,13 +11,14 @@ import jax
 from rewardjax.data import (
     BatchPlan,
     PackedPairBatches,
+    SharedPrefixBatches,
     collate_pairs,
     default_buckets,
     encode_pairs,
     load_sets,
     load_train_pairs,
+    sharing_enabled,
 )
-from rewardjax.data.shared_prefix import SharedPrefixBatches, sharing_enabled
 from rewardjax.data.sources import margin_warning, summary_stats
 from rewardjax.recipes import Recipe, register
 from rewardjax.runtime import (
