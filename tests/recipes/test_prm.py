@@ -78,6 +78,12 @@ def test_one_forward_reads_every_step_like_a_forward_per_prefix(tiny):
     r = records[0]
     again = scorer.score([r.prompt], ["\n".join(r.steps)])
     np.testing.assert_allclose(again["steps"][0], probs[0], atol=1e-6)
+    # pair sets: correct vs erroneous solutions of one prompt, scored by the aggregate
+    from rewardjax.data import solution_pairs
+
+    pairs = solution_pairs(records)
+    report = scorer.evaluate(pairs)
+    assert report["n"] == len(pairs) > 0 and 0.0 <= report["accuracy"] <= 1.0
 
 
 def test_train_step_lowers_the_loss_and_compiles_once(tiny):

@@ -16,12 +16,14 @@ import numpy as np
 
 from rewardjax.data import (
     BatchPlan,
+    EncodedPairs,
     EncodedSteps,
     StepEncoder,
     collate_steps,
     default_buckets,
     encode_step_records,
 )
+from rewardjax.data.tokenize import TruncationStats
 from rewardjax.eval.process import aggregate, pad_steps, process_report
 from rewardjax.recipes.prm.step import make_prm_score_fn
 from rewardjax.runtime import Scorer
@@ -75,6 +77,26 @@ class PRMScorer(Scorer):
     def score_encoded(self, seqs) -> dict[str, np.ndarray]:
         probs = self.step_probs(list(seqs))
         return {"reward": aggregate(probs, self.how), "steps": probs}
+
+    def score_pairs(self, pairs_or_encoded):
+        """As :meth:`Scorer.score_pairs`, each response split into steps; the truncation
+        counts map onto the pair report's (``response_truncated``: solutions that lost steps)."""
+        if isinstance(pairs_or_encoded, EncodedPairs):
+            return super().score_pairs(pairs_or_encoded)
+        before = self.encoder.stats.as_dict()
+        chosen, rejected, kept = [], [], []
+        for pair in pairs_or_encoded:
+            c = self.encoder.encode(pair.prompt, pair.chosen)
+            r = self.encoder.encode(pair.prompt, pair.rejected)
+            if c is not None and r is not None:
+                chosen.append(c)
+                rejected.append(r)
+                kept.append(pair)
+        d = {k: v - before[k] for k, v in self.encoder.stats.as_dict().items()}
+        stats = TruncationStats(sequences=d["solutions"], prompt_truncated=d["prompt_truncated"],
+                                response_truncated=d["solutions_truncated"], dropped=d["dropped"],
+                                tokens_removed=d["tokens_removed"])
+        return super().score_pairs(EncodedPairs(chosen, rejected, kept, stats))
 
     def padding(self) -> tuple[int, tuple[int, ...]]:
         return self.batch_size, tuple(self.buckets)
