@@ -23,6 +23,10 @@ _EXPORTS = {
     "process_report": "process",
     "step_metrics": "process",
     "first_error_metrics": "process",
+    "report_scores": "rewardbench",
+    "knockout": "pairwise_bon",
+    "round_robin": "pairwise_bon",
+    "symmetric_logit": "pairwise_bon",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -271,7 +271,14 @@ def v2_report(records: Sequence[Record], scores: Sequence[np.ndarray]) -> dict:
 def evaluate(score_fn: ScoreFn, records: Sequence[Record], version: int,
              prior: dict | None = None) -> dict:
     """Scores ``records`` with ``score_fn`` and reports them by the version's protocol."""
-    scores = record_scores(score_fn, records)
+    return report_scores(records, record_scores(score_fn, records), version, prior)
+
+
+def report_scores(records: Sequence[Record], scores: Sequence[np.ndarray], version: int,
+                  prior: dict | None = None) -> dict:
+    """The version's report from per-record scores ``[chosen..., rejected...]``: rewards, or any
+    scores whose order within a record is the model's preference (a pairwise model's log-odds
+    against the first chosen response: ``Scorer.group_scores``)."""
     if version == 1:
         return v1_report(v1_subset_accuracy(records, scores), prior)
     return v2_report(records, scores)

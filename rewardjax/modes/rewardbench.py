@@ -6,7 +6,7 @@ import os
 import tempfile
 
 from rewardjax import recipes
-from rewardjax.eval import build_offline, evaluate, load
+from rewardjax.eval import build_offline, load, report_scores
 from rewardjax.runtime.paths import write_json
 
 
@@ -34,15 +34,16 @@ def run_rewardbench(config, workdir: str, *, source: str = "offline", v2_limit: 
         raise ValueError(f"source must be offline or hub, got {source!r}")
     scorer = recipes.get(config.recipe).scorer(config, workdir, "rewardbench")
 
-    def score(items):  # RewardBench needs every response scored: a dropped one is an error
-        return scorer.score([p for p, _ in items], [t for _, t in items])["reward"]
-
     if source == "hub":
         sets = {1: load(1), 2: load(2)}
     else:
         with tempfile.TemporaryDirectory() as tmp:
             paths = build_offline(data_root(), tmp, v2_limit=v2_limit)
             sets = {v: load(v, p) for v, p in paths.items()}
-    reports = {f"v{v}": evaluate(score, records, v) for v, records in sets.items()}
+    # Per record, scores ordered as the model prefers (rewards; a pairwise model's log-odds
+    # against the chosen response); every response must be scored, a dropped one is an error.
+    reports = {f"v{v}": report_scores(
+        records, scorer.group_scores([(r.prompt, r.chosen + r.rejected) for r in records]), v)
+        for v, records in sets.items()}
     write_json(out or os.path.join(workdir, "rewardbench.json"), reports)  # process 0
     return reports

@@ -31,6 +31,7 @@ _EXPORTS = {
     "ModelScorer": "scorer",
     "MembersScorer": "scorer",
     "NativeScorer": "scorer",
+    "PairwiseScorer": "scorer",
     "pair_report": "scoring",
     "gold_agreement": "scoring",
     "format_table": "scoring",

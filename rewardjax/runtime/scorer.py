@@ -312,8 +312,10 @@ class PairwiseScorer(Scorer):
         za, zb = self.order_logits(data)
         s = symmetric_logit(za, zb)
         res = pair_report(s, np.zeros_like(s), data, num_bins=num_bins)
-        for key in ("reward_mean", "reward_std"):  # moments of rewards this model has not got
-            res.pop(key, None)
+        groups = [res] + list(res["by_group"].values()) + list(res.get("by_category", {}).values())
+        for g in groups:  # moments of rewards this model has not got
+            g.pop("reward_mean", None)
+            g.pop("reward_std", None)
         res["order"] = order_report(za, zb)
         return res
 
