@@ -70,3 +70,17 @@ def test_a_failed_warm_up_is_reported_and_stops_the_server():
             time.sleep(0.05)
         assert r.status_code == 500 and "needs members" in r.json()["error"]
     assert stopped == [True]
+
+
+def test_serve_keys_are_read_by_the_serve_mode_only():
+    from rewardjax import modes
+    from rewardjax.config import UnreadConfigKeys
+    from tests.runtime.helpers import load_recipe
+
+    config = load_recipe("bt")
+    config.mode = "serve"
+    modes.check_overrides(config, ["serve.port", "serve.policy_template", "eval.batch_size",
+                                   "model.path"])
+    config.mode = "score"
+    with pytest.raises(UnreadConfigKeys, match="serve.port.*--config.mode=serve"):
+        modes.check_overrides(config, ["serve.port"])
