@@ -140,3 +140,15 @@ def test_scalar_group_scores_equal_the_rewardbench_record_scores():
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
     assert report_scores(records[:2], got[:2], 1)["subsets"] == {"x": 0.5}
+
+
+def test_config_keys_it_does_not_read_are_refused():
+    from rewardjax.config import UnreadConfigKeys
+
+    config = load_recipe("pairwise", "runlocal")
+    assert config.recipe == "pairwise" and not config.data.packing
+    modes.check_overrides(config, ["train.steps", "train.batch_size", "seed", "data.eval"])
+    with pytest.raises(UnreadConfigKeys, match="Bradley-Terry settings"):
+        modes.check_overrides(config, ["loss.margin"])
+    with pytest.raises(UnreadConfigKeys, match="never packed"):
+        modes.check_overrides(config, ["data.packing"])
