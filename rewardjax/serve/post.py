@@ -7,28 +7,23 @@ fixed shapes and compile during warm-up, never under load.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import jax.numpy as jnp
 import numpy as np
 
 from rewardjax.ensembles import predictions as ens
-from rewardjax.runtime import read_json
 
 
 def normalisation_of(scorer) -> dict | None:
-    """The ``{"mean", "std"}`` an export stored for its rewards, or None: a native export's
-    manifest, or the ``rewardjax`` block of an HF export loaded as ``model.path``."""
+    """The ``{"mean", "std"}`` a native export stored for its rewards (its manifest), or None.
+
+    A trained workdir's checkpoint has none: statistics written with an HF export that served
+    as its ``model.path`` describe that starting model, not the one trained from it.
+    """
     model = getattr(scorer, "model", None)
-    if model is not None and hasattr(model, "manifest"):
-        return model.manifest.get("normalisation")
-    run = getattr(scorer, "run", None) or getattr(getattr(scorer, "base", None), "run", None)
-    path = str(run.config.model.get("path") or "") if run is not None else ""
-    cfg = os.path.join(path, "config.json")
-    if path and os.path.isfile(cfg):  # an HF export directory (a GGUF / package name: none)
-        return (read_json(cfg).get("rewardjax") or {}).get("normalisation")
-    return None
+    manifest = getattr(model, "manifest", None)
+    return manifest.get("normalisation") if isinstance(manifest, dict) else None
 
 
 def make_post(scorer, *, combine: str = "", lam: float = 0.5,
