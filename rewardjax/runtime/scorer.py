@@ -264,6 +264,12 @@ class PairwiseScorer(Scorer):
 
         raise ValueError(NO_REWARD)
 
+    def padding(self):
+        """A reward server batches single responses, which this model cannot score."""
+        from rewardjax.data.pairwise import NO_REWARD
+
+        raise ValueError(NO_REWARD)
+
     def logits_encoded(self, seqs) -> np.ndarray:
         """Logits of P(A better) ``[N]`` for encoded triples."""
         return self.base.rewards(seqs)

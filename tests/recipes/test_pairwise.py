@@ -117,6 +117,13 @@ def test_scalar_only_uses_refuse_with_a_clear_error(trained, tmp_path):
     config.mode = "export"
     with pytest.raises(ValueError, match="no HF sequence-classification form"):
         modes.run(config, workdir)
+    pytest.importorskip("uvicorn")
+    from rewardjax.modes.serve import make_server
+
+    config = _config()
+    config.mode = "serve"
+    with pytest.raises(ValueError, match="a reward server need a scalar reward model"):
+        make_server(config, workdir)
 
 
 class _LengthScorer(Scorer):
