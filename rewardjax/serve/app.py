@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from rewardjax.runtime import batch_axis_size
 from rewardjax.serve.batcher import Batcher, QueueFull
 from rewardjax.serve.metrics import ServeMetrics
 from rewardjax.serve.post import make_post
@@ -72,7 +73,7 @@ class RewardServer:
         self.batcher = Batcher(scorer, max_batch_tokens=int(self.opts["max_batch_tokens"]),
                                max_wait_ms=float(self.opts["max_wait_ms"]),
                                max_queue=int(self.opts["max_queue"]), post=post,
-                               metrics=self.metrics)
+                               metrics=self.metrics, row_multiple=row_multiple(scorer))
         self.ready = threading.Event()
         self.warm_error: BaseException | None = None
         self.on_warm_error = None  # called when warm-up fails (the mode stops the server)
@@ -258,6 +259,14 @@ def build_app(server: RewardServer, *, warm_up: bool = True) -> Starlette:
               Route("/health", health, methods=["GET"]),
               Route("/metrics", metrics, methods=["GET"])]
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+def row_multiple(scorer) -> int:
+    """How many ways the scorer's mesh splits a batch's rows (1 without a mesh)."""
+    run = getattr(scorer, "run", None) or getattr(getattr(scorer, "base", None), "run", None)
+    if run is None or getattr(run, "mesh", None) is None:
+        return 1
+    return batch_axis_size(run.mesh, run.rules)
 
 
 def token_from_env(name: str) -> str | None:

@@ -35,12 +35,13 @@ class QueueFull(RuntimeError):
     """The queue holds ``max_queue`` texts already: the request should come back later."""
 
 
-def row_tiers(length: int, max_batch_tokens: int) -> tuple[int, ...]:
+def row_tiers(length: int, max_batch_tokens: int, multiple: int = 1) -> tuple[int, ...]:
     """Row counts a batch of ``length``-token texts is padded to: ``R, R/4, ...`` (``>= 1``)
-    with ``R = max_batch_tokens // length``, ascending."""
-    rows, out = max(1, int(max_batch_tokens) // int(length)), []
+    with ``R = max_batch_tokens // length``, each rounded up to a multiple of ``multiple`` (the
+    mesh's data-parallel ways, so every device gets rows), ascending."""
+    rows, out, m = max(1, int(max_batch_tokens) // int(length)), [], max(1, int(multiple))
     while rows >= 1:
-        out.append(rows)
+        out.append(-(-rows // m) * m)
         if rows == 1:
             break
         rows = max(1, rows // 4)
@@ -81,16 +82,18 @@ class Batcher:
       post: ``scorer output (padded rows) -> output``, run on every batch inside the worker
         (combinations, normalisation): it sees the same fixed shapes, so it compiles at warm-up.
       metrics: a :class:`rewardjax.serve.metrics.ServeMetrics` (optional).
+      row_multiple: every row count is a multiple of it (the data-parallel ways of the mesh).
     """
 
     def __init__(self, scorer, *, max_batch_tokens: int, max_wait_ms: float, max_queue: int,
-                 post: Callable[[dict], dict] | None = None, metrics=None):
+                 post: Callable[[dict], dict] | None = None, metrics=None,
+                 row_multiple: int = 1):
         shapes = scorer.padding()
         if shapes is None:
             raise ValueError(f"{type(scorer).__name__} does not pad to fixed shapes "
                              "(Scorer.padding); the server cannot batch it")
         self.scorer, self.buckets = scorer, tuple(shapes[1])
-        self.tiers = {b: row_tiers(b, max_batch_tokens) for b in self.buckets}
+        self.tiers = {b: row_tiers(b, max_batch_tokens, row_multiple) for b in self.buckets}
         self.max_wait = float(max_wait_ms) / 1000.0
         self.max_queue = int(max_queue)
         self.post = post or (lambda out: out)

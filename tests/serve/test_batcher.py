@@ -40,6 +40,8 @@ def test_row_tiers():
     assert row_tiers(64, 512) == (1, 2, 8)
     assert row_tiers(8, 512) == (1, 4, 16, 64)
     assert row_tiers(1024, 512) == (1,)
+    assert row_tiers(64, 512, multiple=4) == (4, 8)  # every device of the data axis gets rows
+    assert row_tiers(96, 512, multiple=4) == (4, 8)
 
 
 def test_concurrent_requests_share_fixed_shape_batches_and_get_their_own_rows():

@@ -1,5 +1,6 @@
-"""``--config.mode=serve`` as a process: port 0 found through serve.json, a client that hangs
-up leaves nothing queued, and SIGTERM answers every request in flight before the process exits."""
+"""``--config.mode=serve`` as a process over a 4-device mesh: port 0 found through serve.json,
+the score mode's rewards, a client that hangs up leaves nothing queued, and SIGTERM answers every
+request in flight before the process exits."""
 
 import http.client
 import json
@@ -11,11 +12,12 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT
 from tests.serve.conftest import TEXTS
-from tests.serve.test_server import metric
+from tests.serve.test_server import metric, offline_scores
 
 CFG = os.path.join(ROOT, "configs", "bt.py")
 
@@ -47,7 +49,9 @@ def server_process(bt_workdir):
     info = os.path.join(workdir, "serve.json")
     if os.path.exists(info):
         os.remove(info)
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # Four virtual devices: the model is served over a 4-way data mesh, as on a multi-chip host.
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=4")
     proc = subprocess.Popen(
         [sys.executable, "-m", "rewardjax.main", f"--config={CFG}:runlocal",
          "--config.mode=serve", f"--workdir={workdir}", "--config.serve.port=0",
@@ -73,10 +77,20 @@ def server_process(bt_workdir):
             proc.wait(30)
 
 
-def test_hang_up_and_sigterm_drain(server_process):
+def test_mesh_server_hang_up_and_sigterm_drain(server_process, bt_workdir, tmp_path):
     proc, port, info = server_process
     assert info["host"] == "127.0.0.1" and info["port"] == port and port > 0
     body = {"items": [{"prompt": p, "response": r} for p, r in TEXTS]}
+
+    # Served over the 4-device mesh (rows rounded to multiples of 4): the score mode's rewards
+    # (this process: one device).
+    status, text = request(port, "POST", "/v1/rewards", body)
+    assert status == 200, text
+    want = offline_scores(*bt_workdir, tmp_path, TEXTS)
+    np.testing.assert_allclose([r["reward"] for r in json.loads(text)["results"]], want,
+                               atol=1e-5)
+    scored = metric(request(port, "GET", "/metrics")[1], "rewardjax_items_scored_total")
+    assert scored == len(TEXTS)
 
     # A client that hangs up while its texts wait (max_wait_ms=3000): they are never scored.
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -90,7 +104,7 @@ def test_hang_up_and_sigterm_drain(server_process):
              "the server to notice the hang-up")
     text = request(port, "GET", "/metrics")[1]
     assert metric(text, "rewardjax_queue_depth") == 0
-    assert metric(text, "rewardjax_items_scored_total") == 0
+    assert metric(text, "rewardjax_items_scored_total") == scored  # none of the hung-up texts
 
     # Requests in flight when SIGTERM arrives all get their rewards, then the process exits 0.
     answers = []
