@@ -192,7 +192,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.serve.max_items_per_request = 1024  # more: 413
     c.serve.max_request_bytes = 8 * 2**20  # a larger body: 413
     # How OpenRLHF's /get_reward texts were rendered by the *policy*: none (plain prompt text),
-    # chatml, llama3, zephyr, simple (rewardjax's own template) or auto (detected per text).
+    # chatml, llama3, zephyr (also Phi-3), gemma, simple (rewardjax's own template) or auto
+    # (detected per text from its markers).
     c.serve.policy_template = "auto"
     # The reward of members' workdirs: "" (the scorer's own: WARM's weight average) or a
     # prediction combination of the members: mean, median, min, uwo, mean_minus_std.

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 ROLES = ("system", "user", "assistant")
-POLICY_TEMPLATES = ("none", "auto", "chatml", "llama3", "zephyr", "simple")
+POLICY_TEMPLATES = ("none", "auto", "chatml", "llama3", "zephyr", "gemma", "simple")
 
 
 class BadRequest(ValueError):
@@ -45,14 +45,21 @@ _TEMPLATES = {
                           re.S),
                "<|start_header_id|>assistant<|end_header_id|>\n\n",
                ("<|eot_id|>", "<|end_of_text|>")),
-    "zephyr": (re.compile(r"<\|(system|user|assistant)\|>\n(.*?)</s>\s*", re.S),
-               "<|assistant|>\n", ("</s>",)),
+    # Zephyr; Phi-3 closes turns with <|end|> instead of </s>.
+    "zephyr": (re.compile(r"<\|(system|user|assistant)\|>\n(.*?)(?:</s>|<\|end\|>)\s*", re.S),
+               "<|assistant|>\n", ("</s>", "<|end|>", "<|endoftext|>")),
+    # Gemma: the assistant is "model"; a system prompt is part of the first user turn.
+    "gemma": (re.compile(r"<start_of_turn>(user|model)\n(.*?)<end_of_turn>\s*", re.S),
+              "<start_of_turn>model\n", ("<end_of_turn>", "<eos>")),
     "simple": (re.compile(r"<\|(system|user|assistant)\|> (.*?) <\|end\|> ", re.S),
                "<|assistant|> ", ("<|end|>",)),
 }
-_LEADING = ("<|begin_of_text|>", "<s>", "[BOS]")  # BOS tokens a rendered text may start with
+_LEADING = ("<|begin_of_text|>", "<s>", "<bos>", "[BOS]")  # BOS tokens a text may start with
+_ROLE_NAMES = {"model": "assistant"}  # a template's role name -> the chat role
 _MARKERS = {"chatml": "<|im_start|>", "llama3": "<|start_header_id|>", "simple": " <|end|> ",
-            "zephyr": "<|user|>\n"}
+            "zephyr": "<|user|>\n", "gemma": "<start_of_turn>"}
+# End-of-sequence markers a plain-text ("none") response may still carry from the policy.
+_PLAIN_ENDS = ("</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<eos>")
 
 
 def detect_template(text: str) -> str:
@@ -90,7 +97,7 @@ def _turns(text: str, template: str, what: str) -> tuple[list[dict], str]:
         m = turn.match(text, pos)
         if m is None:
             break
-        role = m.group(1)
+        role = _ROLE_NAMES.get(m.group(1), m.group(1))
         if role not in ROLES:
             raise BadRequest(f"{what}: unknown role {role!r} in the {template} template "
                              f"(known roles: {', '.join(ROLES)})", 422)
@@ -121,8 +128,9 @@ def split_policy_text(query: str, prompt: str | None, template: str,
                              "start of query[i], as OpenRLHF sends them)", 422)
         response = query[len(prompt):]
         if template == "none":
-            msgs = [{"role": "user", "content": prompt.strip()}] if prompt.strip() else []
-            return msgs, response.strip()
+            prompt = _strip_leading(prompt).strip()
+            msgs = [{"role": "user", "content": prompt}] if prompt else []
+            return msgs, _strip_end(response, _PLAIN_ENDS).strip()
         msgs, rest = _turns(prompt, template, what)
         gen = _TEMPLATES[template][1].strip()
         if rest.strip() not in ("", gen):
@@ -131,12 +139,13 @@ def split_policy_text(query: str, prompt: str | None, template: str,
                              "the policy's template)", 422)
         return msgs, _strip_end(response, _TEMPLATES[template][2]).strip()
     if template == "none":
-        return [], query.strip()
+        return [], _strip_end(_strip_leading(query), _PLAIN_ENDS).strip()
     msgs, rest = _turns(query, template, what)
     gen, rest = _TEMPLATES[template][1].strip(), rest.lstrip()
     if rest.startswith(gen):  # the generated turn is still open: the response follows it
         return msgs, _strip_end(rest[len(gen):], _TEMPLATES[template][2]).strip()
-    if rest.strip() or not msgs or msgs[-1]["role"] != "assistant":
+    closed = not _strip_end(rest, _TEMPLATES[template][2]).strip()  # e.g. a trailing <eos>
+    if not closed or not msgs or msgs[-1]["role"] != "assistant":
         raise BadRequest(f"{what}: no assistant response found in the {template} rendering; "
                          "send 'prompts' too, or set serve.policy_template", 422)
     return msgs[:-1], msgs[-1]["content"]

@@ -32,20 +32,29 @@ def zephyr(msgs, gen=True):
     return out + ("<|assistant|>\n" if gen else "")
 
 
+def gemma(msgs, gen=True):
+    names = {"assistant": "model"}
+    out = "<bos>" + "".join(
+        f"<start_of_turn>{names.get(m['role'], m['role'])}\n{m['content']}<end_of_turn>\n"
+        for m in msgs)
+    return out + ("<start_of_turn>model\n" if gen else "")
+
+
 def simple(msgs, gen=True):  # rewardjax's SIMPLE_CHAT_TEMPLATE
     out = "".join(f"<|{m['role']}|> {m['content']} <|end|> " for m in msgs)
     return out + ("<|assistant|> " if gen else "")
 
 
-ENDS = {"chatml": "<|im_end|>\n", "llama3": "<|eot_id|>", "zephyr": "</s>", "simple": " <|end|> "}
-RENDER = {"chatml": chatml, "llama3": llama3, "zephyr": zephyr, "simple": simple}
+ENDS = {"chatml": "<|im_end|>\n", "llama3": "<|eot_id|>", "zephyr": "</s>", "simple": " <|end|> ",
+        "gemma": "<end_of_turn>\n<eos>"}
+RENDER = {"chatml": chatml, "llama3": llama3, "zephyr": zephyr, "simple": simple, "gemma": gemma}
 
 
 @pytest.mark.parametrize("name", sorted(RENDER))
 @pytest.mark.parametrize("template", ["auto", "named"])
 def test_every_policy_template_gives_back_messages_and_response(name, template):
-    msgs = [{"role": "system", "content": "Be brief."}, USER,
-            {"role": "assistant", "content": "4"}, {"role": "user", "content": "and 3+3?"}]
+    msgs = [{"role": "system", "content": "Be brief."}] * (name != "gemma") + [
+        USER, {"role": "assistant", "content": "4"}, {"role": "user", "content": "and 3+3?"}]
     prompt = RENDER[name](msgs)
     query = prompt + "It is 6." + ENDS[name]
     t = name if template == "named" else "auto"
@@ -64,6 +73,13 @@ def test_plain_text_prompts_and_mismatches():
         [{"role": "user", "content": "What?"}], "Paris.")
     assert split_policy_text("Paris.", "", "none", "q") == ([], "Paris.")
     assert split_policy_text("no markers at all", None, "auto", "q") == ([], "no markers at all")
+    # BOS / EOS tokens around plain text are the policy's, not the text's.
+    assert split_policy_text("<s>What? Paris.</s>", "<s>What?", "none", "q") == (
+        [{"role": "user", "content": "What?"}], "Paris.")
+    # Phi-3 closes turns the zephyr way but with <|end|>.
+    phi3 = "<|user|>\nWhat?<|end|>\n<|assistant|>\n"
+    assert split_policy_text(phi3 + "Paris.<|end|>", phi3, "auto", "q") == (
+        [{"role": "user", "content": "What?"}], "Paris.")
     with pytest.raises(BadRequest, match="query 2 does not start with its prompt"):
         split_policy_text("abc", "xyz", "none", "query 2")
     with pytest.raises(BadRequest, match="not a llama3 conversation"):
