@@ -4,6 +4,7 @@ equal to the score mode, and a native export's reward normalisation applied."""
 import copy
 import json
 
+import jax
 import numpy as np
 import pytest
 from starlette.testclient import TestClient
@@ -33,9 +34,22 @@ def test_warm_members_and_their_statistics(warm_workdir, tmp_path):
     want = offline(config, workdir, tmp_path)
     members = np.asarray([[w["members"]["member_0"], w["members"]["member_1"]] for w in want])
     server = make_server(config, workdir)
+    compiles = []
+
+    def listen(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
     with TestClient(build_app(server)) as client:
         wait_ready(client)
-        res = client.post("/v1/rewards", json={"items": items(TEXTS)}).json()["results"]
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        try:
+            res = client.post("/v1/rewards", json={"items": items(TEXTS)}).json()["results"]
+            out = client.post("/get_reward", json={"query": [f"{p} {r}" for p, r in TEXTS],
+                                                   "prompts": [p for p, _ in TEXTS]}).json()
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listen)
+        assert compiles == []  # members, weight average and their statistics: all warmed up
         np.testing.assert_allclose([r["reward"] for r in res], [w["reward"] for w in want],
                                    atol=1e-5)  # the weight average (WARM)
         got = np.asarray([r["members"] for r in res])
@@ -44,8 +58,6 @@ def test_warm_members_and_their_statistics(warm_workdir, tmp_path):
         np.testing.assert_allclose([r["min"] for r in res], members.min(1), atol=1e-5)
         np.testing.assert_allclose([r["uwo"] for r in res],
                                    members.mean(1) - 0.5 * members.var(1), atol=1e-5)
-        out = client.post("/get_reward", json={"query": [f"{p} {r}" for p, r in TEXTS],
-                                               "prompts": [p for p, _ in TEXTS]}).json()
         assert set(out["extra_logs"]) == {"member_0", "member_1", "std", "min", "uwo"}
         np.testing.assert_allclose(out["extra_logs"]["member_1"], members[:, 1], atol=1e-5)
 
