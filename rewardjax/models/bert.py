@@ -58,7 +58,7 @@ class BertConfig:
     attention_dropout: float = 0.1
     remat: str = "none"
     scan_unroll: int = 1  # layers per scan iteration (see LlamaConfig)
-    attention: str = "xla"  # "xla" | "cudnn" (see LlamaConfig)
+    attention: str = "auto"  # "auto" | "xla" | "blocks" | "cudnn" (see LlamaConfig)
     initializer_range: float = 0.02
     pad_token_id: int = 0
 

@@ -8,7 +8,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-ATTENTION_IMPLS = ("xla", "cudnn")
+from rewardjax.models.block_attention import BlockLayout, block_layout, can_use_blocks
+
+# "auto": block-skipping attention (``models.block_attention``) for packed and shared-prefix rows
+# on one device, cuDNN flash attention on a GPU in half precision, else the dense path;
+# "xla": always the dense path (materialised scores + additive bias; any device, dropout);
+# "blocks": block skipping wherever rows are packed or share a prefix; "cudnn": fused kernel.
+ATTENTION_IMPLS = ("auto", "xla", "blocks", "cudnn")
+HALF_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
 class AttentionMask(NamedTuple):
@@ -18,23 +25,50 @@ class AttentionMask(NamedTuple):
     windows: anything). ``lengths`` with ``bias=None`` says the same thing for the common case of
     right-padded unpacked rows without materialising ``T x S``: a fused kernel (cuDNN flash
     attention) then skips masked blocks instead of reading a bias. ``causal`` is static.
+    ``blocks`` (packed / shared-prefix rows) lists the score tiles some query can see, for
+    :func:`rewardjax.models.block_attention.block_attention`; ``bias`` stays the reference (and
+    the dropout path); XLA drops it when nothing reads it.
     """
 
     bias: jax.Array | None = None
     lengths: jax.Array | None = None
     causal: bool = False
+    blocks: BlockLayout | None = None
 
 
 def make_attention_mask(attention_mask: jax.Array, *, causal: bool,
                         segment_ids: jax.Array | None = None,
                         impl: str = "xla", parts: jax.Array | None = None) -> AttentionMask:
     """The :class:`AttentionMask` for a batch: lengths only where a fused kernel can use them
-    (``impl="cudnn"``, unpacked right-padded rows), otherwise the materialised bias.
+    (``impl="cudnn"``, unpacked right-padded rows), otherwise the materialised bias, plus the
+    block layout of packed rows when ``impl`` skips blocks (:func:`uses_blocks`).
     ``parts`` marks shared-prefix rows (see :func:`attention_bias`)."""
-    if impl == "cudnn" and segment_ids is None and parts is None:
+    packed = segment_ids is not None or parts is not None
+    if not packed and (impl == "cudnn" or (impl == "auto" and on_gpu())):
         return AttentionMask(None, attention_mask.astype(jnp.int32).sum(-1), causal=causal)
     bias = attention_bias(attention_mask, causal=causal, segment_ids=segment_ids, parts=parts)
-    return AttentionMask(bias, None, causal=causal)
+    blocks = None
+    if packed and uses_blocks(impl) and can_use_blocks(attention_mask.shape[-1]):
+        blocks = block_layout(attention_mask, causal=causal, segment_ids=segment_ids, parts=parts)
+    return AttentionMask(bias, None, causal=causal, blocks=blocks)
+
+
+def on_gpu() -> bool:
+    return jax.default_backend() == "gpu"
+
+
+def uses_blocks(impl: str) -> bool:
+    """Whether ``impl`` builds a block layout for packed rows. ``auto`` does on one device only:
+    the layout sorts query blocks across the whole batch, which on a data-parallel mesh would
+    gather every row onto every device."""
+    return impl == "blocks" or (impl == "auto" and jax.device_count() == 1)
+
+
+def uses_fused(impl: str, dtype, dropout: bool) -> bool:
+    """Whether attention runs through cuDNN: asked for, or ``auto`` on a GPU in half precision
+    without attention dropout."""
+    return impl == "cudnn" or (impl == "auto" and on_gpu() and dtype in HALF_DTYPES
+                               and not dropout)
 
 
 def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array,

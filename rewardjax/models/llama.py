@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rewardjax.models.block_attention import block_attention
 from rewardjax.models.layers import (
     AttentionMask,
     attention_bias,
@@ -31,6 +32,7 @@ from rewardjax.models.layers import (
     positions_from_mask,
     segment_positions,
     softmax_attention,
+    uses_fused,
 )
 from rewardjax.models.llama_config import REMAT_POLICIES, LlamaConfig
 from rewardjax.sharding import constrain
@@ -157,13 +159,17 @@ class Attention(nnx.Module):
         b, t, h, d = q.shape
         if not isinstance(mask, AttentionMask):
             mask = AttentionMask(bias=mask)
-        # The fused kernel covers self-attention over whole rows; a KV-cache decode step
-        # (T != S, rl/sampling.py) takes the materialised path.
-        if self.impl == "cudnn" and t == k.shape[1]:
+        # The fused kernel and block skipping cover self-attention over whole rows; a KV-cache
+        # decode step (T != S, rl/sampling.py) takes the materialised path.
+        if uses_fused(self.impl, q.dtype, rng is not None) and t == k.shape[1]:
             if rng is not None:
                 raise ValueError("attention dropout is not available with attention='cudnn'; "
                                  "set attention_dropout=0 or attention='xla'")
             out = fused_attention(q, k, v, mask)
+            return project(self.o_proj, out.reshape(b, t, h * d), proj_rng, 3)
+        # Block skipping has no attention dropout: with dropout on, the dense path runs.
+        if mask.blocks is not None and rng is None and t == k.shape[1]:
+            out = block_attention(q, k, v, mask.blocks)  # [B, T, H, hd]
             return project(self.o_proj, out.reshape(b, t, h * d), proj_rng, 3)
         bias = mask.bias
         if bias is None:

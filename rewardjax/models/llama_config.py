@@ -58,9 +58,11 @@ class LlamaConfig:
     attention_dropout: float = 0.0
     remat: str = "none"
     scan_unroll: int = 1  # layers per scan iteration; unrolling helps XLA:CPU (~10% on MiniLM)
-    # "xla": materialised scores + additive bias (any device, attention dropout); "cudnn": fused
-    # flash attention (GPU, bf16, right padding).
-    attention: str = "xla"
+    # "auto": block skipping for packed / shared-prefix rows, cuDNN on a GPU in bf16, else "xla";
+    # "xla": materialised scores + additive bias (any device, attention dropout); "blocks":
+    # skip the score tiles no query sees (models.block_attention); "cudnn": fused flash
+    # attention (GPU, bf16). See models.layers.ATTENTION_IMPLS.
+    attention: str = "auto"
     initializer_range: float = 0.02
     model_type: str = "llama"
 
