@@ -109,7 +109,13 @@ class RewardServer:
         enc = self.scorer.encoder
         with self._encode_lock:  # the encoder's truncation counters are not thread-safe
             before = enc.stats.as_dict()
-            seqs = [enc.encode(p, r) for p, r in items]
+            seqs = []
+            for i, (p, r) in enumerate(items):
+                try:
+                    seqs.append(enc.encode(p, r))
+                except Exception as err:  # noqa: BLE001 -- e.g. a chat template's own check
+                    raise BadRequest(f"item {i} cannot be encoded as the model was trained: "
+                                     f"{type(err).__name__}: {err}", 422) from None
             after = enc.stats.as_dict()
         for part in ("prompt_truncated", "response_truncated", "dropped"):
             if after.get(part, 0) > before.get(part, 0):

@@ -19,6 +19,8 @@ class FakeEncoder:
     stats = TruncationStats()
 
     def encode(self, prompt, response):
+        if response == "reject me":
+            raise ValueError("Conversation roles must alternate")  # as a Jinja template would
         ids = [len(w) for w in response.split()] or [1]
         return Encoded(np.asarray(ids, np.int32), np.zeros(len(ids), np.int32), 0)
 
@@ -50,11 +52,15 @@ def test_failures_are_json_500s_for_their_own_request():
         r = client.post("/get_reward", json={"query": ["ab", "hello"]})
         assert r.status_code == 500 and "non-finite rewards for items [1]" in r.json()["error"]
         assert client.post("/get_reward", json={"query": ["ab"]}).json()["rewards"] == [2.0]
+        r = client.post("/v1/rewards", json=items("ab", "reject me"))
+        assert r.status_code == 422 and r.json()["error"] == (
+            "item 1 cannot be encoded as the model was trained: ValueError: Conversation roles "
+            "must alternate")
 
 
 def test_unknown_policy_template_is_refused_at_start():
-    with pytest.raises(ValueError, match="unknown serve.policy_template 'gemma'"):
-        RewardServer(Model(), policy_template="gemma")
+    with pytest.raises(ValueError, match="unknown serve.policy_template 'mistral'"):
+        RewardServer(Model(), policy_template="mistral")
 
 
 def test_a_failed_warm_up_is_reported_and_stops_the_server():
