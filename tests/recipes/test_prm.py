@@ -106,7 +106,7 @@ def test_train_step_lowers_the_loss_and_compiles_once(tiny):
     assert int(state.step) == 10
 
 
-def test_registered_with_a_scorer_and_no_export():
+def test_registered_with_a_scorer_and_no_export(tmp_path):
     r = recipes.get("prm")
     assert r.load_scorer is not None and r.evaluate is not None
     with pytest.raises(ValueError, match="one label per step"):
@@ -122,3 +122,10 @@ def test_registered_with_a_scorer_and_no_export():
             node = node[part]
     with pytest.raises(ValueError, match="unknown step simulator split 'test_id'"):
         load_step_sets("sim:test_id", c)
+    path = tmp_path / "steps.jsonl"  # a TRL stepwise file as data.train / data.eval
+    path.write_text('{"prompt": "p", "completions": ["a", "b"], "labels": [true, false]}\n')
+    ((name, (rec,)),) = load_step_sets(str(path), c)
+    assert name == str(path) and rec.labels == [True, False]
+    c.data.format = "prm800k"
+    with pytest.raises(Exception, match="question.problem"):
+        load_step_sets(str(path), c)

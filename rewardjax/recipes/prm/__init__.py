@@ -71,10 +71,8 @@ def load_step_sets(specs: str, config) -> list[tuple[str, list]]:
             recs = standard_step_splits(int(s.seed), int(s.num_train), int(s.num_test),
                                         float(s.correct_rate))[split]
         else:
-            fmt = config.data.format
-            path = spec.replace("$REWARDJAX_DATA", data_root())
-            recs = load_steps(os.path.expanduser(path), fmt if fmt != "auto" else "auto",
-                              neutral=str(config.prm.neutral))
+            path = os.path.expanduser(spec.replace("$REWARDJAX_DATA", data_root()))
+            recs = load_steps(path, str(config.data.format), neutral=str(config.prm.neutral))
         out.append((spec, recs))
     return out
 
