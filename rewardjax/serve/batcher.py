@@ -117,13 +117,20 @@ class Batcher:
 
     def warm_up(self, sample: Encoded) -> int:
         """Compiles every shape by scoring ``sample`` stretched (its ids repeated) to each bucket
-        length; returns how many shapes."""
+        length; returns how many shapes.
+
+        Some scorers also run the prompt prefixes on their own (a native ArmoRM's prompt
+        features on an encoder, DMoERM's router): a batch's prefixes fall in any bucket up to
+        the batch's, padded to the same rows, so each warm-up batch holds texts whose prompts
+        end in every such bucket.
+        """
         ids = np.asarray(sample.ids)
         for rows, length in self.shapes():
-            reps = -(-length // len(ids))
-            seq = Encoded(np.tile(ids, reps)[:length].astype(np.int32),
-                          np.zeros((length,), np.int32), min(sample.response_start, length - 1))
-            self._score([seq], rows)
+            text = np.tile(ids, -(-length // len(ids)))[:length].astype(np.int32)
+            starts = [min(b, length - 1) for b in self.buckets if b <= length]
+            for i in range(0, len(starts), rows):
+                self._score([Encoded(text, np.zeros((length,), np.int32), start)
+                             for start in starts[i:i + rows]], rows)
         return len(self.shapes())
 
     # -- requests ----------------------------------------------------------------------------

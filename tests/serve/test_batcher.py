@@ -64,6 +64,36 @@ def test_concurrent_requests_share_fixed_shape_batches_and_get_their_own_rows():
         assert (longest > 4) == (shortest > 4)  # one bucket per batch
 
 
+def test_warm_up_runs_every_shape_and_every_prompt_prefix_shape():
+    """After warm-up, any batch (and the prompt prefixes a scorer may run on their own, padded
+    to the batch's rows) has a shape warm-up already ran."""
+    from rewardjax.data.batching import bucket_of
+
+    class PrefixScorer(FakeScorer):
+        def __init__(self):
+            super().__init__()
+            self.shapes = set()
+
+        def score_encoded(self, seqs):
+            for s in seqs:
+                self.shapes.add((self.rows, bucket_of(len(s.ids), (4, 8)), "text"))
+                self.shapes.add((self.rows, bucket_of(max(s.response_start, 1), (4, 8)),
+                                 "prefix"))
+            return super().score_encoded(seqs)
+
+    scorer = PrefixScorer()
+    b = Batcher(scorer, max_batch_tokens=32, max_wait_ms=1, max_queue=10)
+    assert b.warm_up(seq(1, 2, 3)) == 5
+    warmed = set(scorer.shapes)
+    b.start()
+    for ids, start in (((1,) * 8, 6), ((1,) * 5, 4), ((1, 2), 1), ((1,) * 8, 2)):
+        b.submit([Encoded(np.asarray(ids, np.int32), np.zeros(len(ids), np.int32), start)])
+        time.sleep(0.01)
+    b.stop()
+    assert scorer.shapes <= warmed
+    assert {(r, 4, "prefix") for r in (1, 4)} <= warmed  # long texts' short prompts
+
+
 def test_a_full_queue_refuses_and_a_cancelled_request_is_never_scored():
     scorer = FakeScorer()
     b = Batcher(scorer, max_batch_tokens=32, max_wait_ms=1, max_queue=3)
