@@ -10,10 +10,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from rewardjax import modes
-from rewardjax.export import load_native, save_run
+from rewardjax.export import encoding_of, load_native, merged_model, save_native, save_run
 from rewardjax.modes.serve import make_server
 from rewardjax.runtime.load import checkpoint_scorer
-from rewardjax.runtime.scorer import NativeScorer
+from rewardjax.runtime.scorer import ModelScorer, NativeScorer
 from rewardjax.serve.app import RewardServer, build_app
 from tests.serve.conftest import TEXTS
 from tests.serve.test_server import items, wait_ready
@@ -87,3 +87,38 @@ def test_native_export_normalisation_is_applied(bt_workdir, tmp_path):
         res = client.post("/v1/rewards", json=items(TEXTS)).json()["results"]
     np.testing.assert_allclose([r["raw_reward"] for r in res], raw, atol=1e-5)
     np.testing.assert_allclose([r["reward"] for r in res], (raw - 0.25) / 2.0, atol=1e-5)
+
+
+def test_native_ensemble_members_per_text(bt_workdir, tmp_path):
+    """A native ensemble export: members come back per text ([N, M]) like WARM's, reward their
+    UWO combination, and nothing compiles after warm-up."""
+    config, workdir = bt_workdir
+    scorer = checkpoint_scorer(config, workdir)
+    run = scorer.run
+    states = [run.state._replace(params=jax.tree.map(lambda x, i=i: x * (1.0 + 0.3 * i),
+                                                     run.state.params)) for i in range(2)]
+    out = save_native(str(tmp_path / "ens"), kind="ensemble", spec=run.spec,
+                      tokenizer=run.tokenizer, members=[merged_model(run, s) for s in states],
+                      combine={"type": "ensemble", "method": "uwo", "lam": 0.5},
+                      encoding=encoding_of(config))
+    seqs = [scorer.encoder.encode([{"role": "user", "content": p}] if p else [], r)
+            for p, r in TEXTS]
+    members = np.stack([ModelScorer.of(run, s).rewards(seqs) for s in states], 1)  # [N, M]
+    server = RewardServer(NativeScorer(load_native(out)), recipe="ens", max_batch_tokens=512)
+    compiles = []
+
+    def listen(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    with TestClient(build_app(server)) as client:
+        wait_ready(client)
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        try:
+            res = client.post("/v1/rewards", json=items(TEXTS)).json()["results"]
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
+    np.testing.assert_allclose([r["members"] for r in res], members, atol=1e-5)
+    np.testing.assert_allclose([r["reward"] for r in res],
+                               members.mean(1) - 0.5 * members.var(1), atol=1e-5)
