@@ -215,7 +215,11 @@ def make_train_step(
 
 
 def make_score_fn(graphdef, *, mesh, rules) -> Callable:
-    """Returns ``score(params, frozen, batch) -> rewards [B]`` for ``[B, L]`` batches, jitted."""
+    """Returns ``score(params, frozen, batch) -> rewards [B]`` for ``[B, L]`` batches, jitted.
+
+    The rewards come back replicated over the mesh: with several processes (``--multihost``) a
+    batch-sharded output would span devices another process owns and could not be read here.
+    """
 
     def score(params, frozen, batch):
         with axis_rules(mesh, rules):
@@ -224,4 +228,6 @@ def make_score_fn(graphdef, *, mesh, rules) -> Callable:
                 batch["input_ids"], batch["attention_mask"], token_type_ids=batch["token_type_ids"]
             )
 
-    return jax.jit(score)
+    if mesh is None:
+        return jax.jit(score)
+    return jax.jit(score, out_shardings=NamedSharding(mesh, jax.sharding.PartitionSpec()))
