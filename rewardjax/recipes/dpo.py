@@ -196,4 +196,10 @@ register(Recipe(
     no_scorer=("the DPO reward is computed from a policy and a reference language model "
                "(dpo.policy, dpo.reference) at scoring time; there is no reward-model "
                f"checkpoint to export ({MODES} read it directly)"),
-    reads=("dpo",)))
+    reads=("dpo", "!model.path: the policy is dpo.policy, the reference dpo.reference",
+           "!model.pooling: the DPO reward sums log-probabilities, nothing is pooled",
+           "!model.overrides", "!model.param_dtype", "!model.vocab_size", "!model.fit_tokenizer",
+           "!lora", "!defaults", "!mesh: the models run on one device",
+           "!data.train: the dpo recipe trains nothing", "!data.packing", "!data.pack_segments",
+           "!data.padding_side: rows are right-padded", "!train: the dpo recipe trains nothing",
+           "!train.trainable: the dpo recipe trains nothing", "!loss")))

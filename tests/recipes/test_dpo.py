@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from rewardjax import recipes
+from rewardjax import modes, recipes
+from rewardjax.config import UnreadConfigKeys
 from rewardjax.data.tokenize import build_wordlevel_tokenizer
 from rewardjax.main import run as main_run
 from rewardjax.recipes.dpo import ResponseEncoder
@@ -140,3 +141,15 @@ def test_template_that_rewrites_the_prompt_is_an_error():
     with pytest.raises(ValueError, match="cannot be told apart"):
         enc.encode([{"role": "user", "content": "hello there"}], "no thanks")
     assert enc.encode([], "no thanks").response_start == 0  # no prompt: nothing to tell apart
+
+
+def test_keys_it_never_reads_are_refused():
+    config = load_recipe("dpo", "runlocal")
+    for mode in ("score", "eval", "rewardbench"):
+        config.mode = mode
+        modes.check_overrides(config, ["dpo.policy", "dpo.beta", "dpo.reduce", "model.max_length",
+                                       "model.dtype", "eval.batch_size", "seed", "train.progress"])
+        with pytest.raises(UnreadConfigKeys, match=r"model.path: the policy is dpo.policy"):
+            modes.check_overrides(config, ["model.path"])
+        with pytest.raises(UnreadConfigKeys, match="trains nothing"):
+            modes.check_overrides(config, ["train.steps"])

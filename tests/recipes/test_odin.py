@@ -113,3 +113,12 @@ def test_end_to_end_scorer_resume_and_export(tmp_path):
     assert step == 4
     for a, b in zip(straight, resumed):
         np.testing.assert_array_equal(a, b)
+
+
+def test_odin_keys_are_read_in_training_and_scoring_modes():
+    from rewardjax import modes
+
+    config = load_recipe("odin", "runlocal")
+    for mode in ("train", "eval", "score", "export", "rewardbench"):
+        config.mode = mode
+        modes.check_overrides(config, ["odin.length_weight", "odin.ortho_weight", "seed"])
