@@ -18,15 +18,17 @@ A bearer token, when wanted, is read from the environment variable named by
 ``serve.token_env`` and never logged.
 
 Meshes: a model sharded over the devices of one host serves from that one process (the
-scorer's forward is the mesh-sharded one of training). Several processes (``--multihost``)
-would have to run every batch in lockstep with process 0; that is not implemented, and the mode
-refuses such a launch with an error rather than hang.
+scorer's forward is the mesh-sharded one of training). A mesh over several processes
+(``--multihost``, one process per host as in training) serves from process 0, which binds the
+port; the other processes run every batch in lockstep with it
+(:mod:`rewardjax.serve.lockstep`) and return when process 0 shuts down.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 
 import jax
@@ -34,17 +36,20 @@ import jax
 from rewardjax import recipes
 from rewardjax.runtime import write_json
 from rewardjax.serve.app import RewardServer, build_app, token_from_env
+from rewardjax.serve.lockstep import LockstepScorer, follow
 
 READS = ("serve",)
 
 log = logging.getLogger(__name__)
 
 
-def make_server(config, workdir: str) -> RewardServer:
-    """The workdir's scorer behind a :class:`RewardServer` configured by ``config.serve``."""
+def make_server(config, workdir: str, scorer=None) -> RewardServer:
+    """The workdir's scorer (or ``scorer``) behind a :class:`RewardServer` configured by
+    ``config.serve``."""
     s = config.serve
     token = token_from_env(s.token_env)  # before loading the model: fail fast
-    scorer = recipes.get(config.recipe).scorer(config, workdir, "serve")
+    if scorer is None:
+        scorer = recipes.get(config.recipe).scorer(config, workdir, "serve")
     return RewardServer(scorer, recipe=config.recipe, token=token,
                         max_batch_tokens=int(s.max_batch_tokens),
                         max_wait_ms=float(s.max_wait_ms), max_queue=int(s.max_queue),
@@ -55,14 +60,35 @@ def make_server(config, workdir: str) -> RewardServer:
 
 
 def run(config, workdir: str) -> dict:
-    """Serves until SIGTERM / SIGINT; returns ``{"host", "port"}`` after a clean shutdown."""
+    """Serves until SIGTERM / SIGINT; returns ``{"host", "port"}`` after a clean shutdown
+    (processes other than 0 of a multi-process mesh: ``{"process", "batches"}``)."""
+    lockstep = None
+    if jax.process_count() > 1:
+        scorer = recipes.get(config.recipe).scorer(config, workdir, "serve")
+        if jax.process_index() != 0:
+            batches = follow(scorer)  # every forward of process 0's server, until it stops
+            return {"process": jax.process_index(), "batches": batches}
+        lockstep = LockstepScorer(scorer)
+        # uvicorn re-raises SIGTERM once drained; with the default handler process 0 would die
+        # without leaving the coordination service, and the others abort at their exit.
+        # Raised into a normal exit here, every process leaves jax.distributed cleanly.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _exit_cleanly)
+    try:
+        return _serve(config, workdir, lockstep)
+    finally:
+        if lockstep is not None:
+            lockstep.close()
+
+
+def _exit_cleanly(signum, frame):
+    raise SystemExit(0)
+
+
+def _serve(config, workdir: str, scorer) -> dict:
     import uvicorn
 
-    if jax.process_count() > 1:
-        raise ValueError("--config.mode=serve runs in one process (a mesh over one host's "
-                         f"devices); this launch has {jax.process_count()} processes. Serve "
-                         "from one host, or one server per host behind a load balancer")
-    server = make_server(config, workdir)
+    server = make_server(config, workdir, scorer)
     host, port = str(config.serve.host), int(config.serve.port)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

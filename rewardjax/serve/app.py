@@ -101,8 +101,12 @@ class RewardServer:
             raise
 
     def close(self) -> None:
-        """Scores every queued text, then stops the worker (SIGTERM drain)."""
+        """Scores every queued text, then stops the worker (SIGTERM drain) and releases the
+        other processes of a multi-process mesh (``LockstepScorer.close``)."""
         self.batcher.stop()
+        release = getattr(self.scorer, "close", None)
+        if release is not None:
+            release()
 
     # -- request handling --------------------------------------------------------------------
     def _encode(self, items):
