@@ -268,7 +268,12 @@ def build_app(server: RewardServer, *, warm_up: bool = True) -> Starlette:
               Route("/v1/rewards", rewards, methods=["POST"]),
               Route("/health", health, methods=["GET"]),
               Route("/metrics", metrics, methods=["GET"])]
-    return Starlette(routes=routes, lifespan=lifespan)
+    async def no_route(request, exc):  # every error is JSON, unknown paths included
+        return JSONResponse({"error": f"no route {request.method} {request.url.path}"},
+                            status_code=exc.status_code)
+
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={404: no_route, 405: no_route})
 
 
 def row_multiple(scorer) -> int:

@@ -56,6 +56,10 @@ def test_failures_are_json_500s_for_their_own_request():
         assert r.status_code == 422 and r.json()["error"] == (
             "item 1 cannot be encoded as the model was trained: ValueError: Conversation roles "
             "must alternate")
+        r = client.post("/v2/everything", json=items("ab"))  # unknown routes answer JSON too
+        assert r.status_code == 404 and r.json() == {"error": "no route POST /v2/everything"}
+        r = client.get("/v1/rewards")
+        assert r.status_code == 405 and r.json() == {"error": "no route GET /v1/rewards"}
 
 
 def test_unknown_policy_template_is_refused_at_start():
