@@ -9,7 +9,18 @@ train state, compile excluded (every shape is compiled ahead of timing):
 * ``buckets``: rewardjax's length buckets (``default_buckets(512)``), one step per bucket shape,
   weighted by how many batches of the epoch fall in each bucket;
 * ``packed``: the same random batches as ``pad_longest``, packed padding-free into rows of 512
-  (``data.packing``), rows rounded up to the static ladder.
+  (``data.packing``), rows rounded up to the static ladder, dense attention (``attention=xla``:
+  every row pays the full 512 x 512 score matrix);
+* ``packed_blocks`` (``--blocks``): the same packed batches with block-skipping attention
+  (``attention=blocks``, ``models.block_attention``: score tiles no query sees are never
+  computed), on its own copy of the train state.
+
+``--trl`` adds TRL's ``RewardTrainer`` itself (``benchmarks.trl_baseline.run_trl``) on the pairs of
+the timed random batches, run before and after the JAX steps (its mean rate is reported; the two
+halves show how much the shared machine moved). ``--attention_profile`` times attention alone
+(forward + backward of every layer, dense vs blocks, on each packed batch's layout) against the
+whole step. Per-layout fractions: ``real_fraction`` (real tokens / computed token slots) and
+``attended`` (score entries some query may see / entries the method computes).
 
 The timed steps are interleaved across the three methods so load changes on a shared machine
 hit all of them alike. Throughput is reported both per wall second and per CPU second of this
@@ -19,6 +30,7 @@ of one epoch (time per step is a function of the shape only: linear fits in rows
 in padded length for pad-to-longest, the measured time per bucket for buckets).
 
     python benchmarks/packing_speed.py --steps=4 --json=runs/packing_speed.json
+    python benchmarks/packing_speed.py --steps=6 --repeats=2 --blocks --trl --attention_profile
 """
 
 from __future__ import annotations
@@ -34,10 +46,17 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.packing_arms import (  # noqa: E402
+    attended,
+    attention_profile,
+    timed_pairs,
+    trl_half,
+)
+
 HH = "$REWARDJAX_DATA/hh-rlhf/harmless-base-test.jsonl.gz@train"
 
 
-def build(args):
+def build(args, attention="xla"):
     from rewardjax.config import base_config
     from rewardjax.data.sources import load_train_pairs
     from rewardjax.data.tokenize import encode_pairs
@@ -47,7 +66,7 @@ def build(args):
     c.model.path = args.model
     c.model.max_length = args.max_length
     c.model.dtype = args.dtype
-    c.model.overrides = "scan_unroll=6"  # as configs/bt.py:model=minilm
+    c.model.overrides = f"scan_unroll=6,attention={attention}"  # configs/bt.py:model=minilm
     c.data.train = args.data
     c.train.batch_size = args.batch_size
     c.train.lr = 2e-5
@@ -101,32 +120,40 @@ def method_batches(args, run, data):
 
 
 def shape_of(method, batch):
-    return batch["input_ids"].shape[0] if method == "packed" else batch["input_ids"].shape[-1]
+    return batch["input_ids"].shape[0] if method.startswith("packed") else \
+        batch["input_ids"].shape[-1]
 
 
-def time_steps(run, batches, order, repeats=1):
+def time_steps(runs, batches, order, repeats=1):
     """Compiles every shape, then runs the steps in ``order`` ``repeats`` times; per-step wall /
-    CPU seconds (the minimum over repeats: the least disturbed run of a fixed computation)."""
+    CPU seconds (the minimum over repeats: the least disturbed run of a fixed computation).
+    ``runs``: ``{method: run}`` (methods with another attention have their own run and state)."""
     import jax
 
-    step = run.train_step(dropout=False)
-    state = run.state
+    steps = {id(r): r.train_step(dropout=False) for r in runs.values()}
+    states = {id(r): r.state for r in runs.values()}
     compiled, compile_s = {}, 0.0
-    key_of = lambda placed: tuple(sorted((k, v.shape) for k, v in placed.items()))  # noqa: E731
+
+    def key_of(method, placed):
+        return (id(runs[method]),) + tuple(sorted((k, v.shape) for k, v in placed.items()))
+
     for method, i in order:
+        run = runs[method]
         placed = run.place(batches[method][i])
-        if key_of(placed) not in compiled:
+        if key_of(method, placed) not in compiled:
             t0 = time.perf_counter()
-            compiled[key_of(placed)] = step.lower(state, placed).compile()
+            compiled[key_of(method, placed)] = steps[id(run)].lower(
+                states[id(run)], placed).compile()
             compile_s += time.perf_counter() - t0
     timings = collections.defaultdict(list)
     for _ in range(repeats):
         for method, i in order:
+            run = runs[method]
             placed = run.place(batches[method][i])
-            fn = compiled[key_of(placed)]
+            fn = compiled[key_of(method, placed)]
             w0, c0 = time.perf_counter(), time.process_time()
-            state, m = fn(state, placed)
-            jax.block_until_ready((state, m))
+            states[id(run)], m = fn(states[id(run)], placed)
+            jax.block_until_ready((states[id(run)], m))
             timings[method, i].append((time.perf_counter() - w0, time.process_time() - c0))
             if not np.isfinite(float(m["loss"])):
                 raise RuntimeError(f"{method} step {i}: non-finite loss")
@@ -140,6 +167,7 @@ def time_steps(run, batches, order, repeats=1):
             "padded_tokens": int(batch["attention_mask"].size),
             "wall_s": wall,
             "cpu_s": cpu,
+            **attended(method, batch),
         })
         print(f"  {method:12s} shape {shape_of(method, batch):4d}  {wall:8.4f} s wall "
               f"{cpu:8.4f} s cpu  real {results[method][-1]['real_tokens']}", flush=True)
@@ -220,17 +248,39 @@ def main():
     ap.add_argument("--repeats", type=int, default=1, help="time each step this many times")
     ap.add_argument("--torch", action="store_true",
                     help="also time a TRL-like PyTorch step on the pad-to-longest batches")
+    ap.add_argument("--methods", default="pad_longest,packed,buckets",
+                    help="JAX arms; the first is the base of the x columns")
+    ap.add_argument("--blocks", action="store_true",
+                    help="also time packed rows with block-skipping attention (packed_blocks)")
+    ap.add_argument("--trl", action="store_true",
+                    help="also run TRL's RewardTrainer on the timed pairs, before and after")
+    ap.add_argument("--attention_profile", action="store_true",
+                    help="time one step's attention alone, dense vs blocks, per packed batch")
     ap.add_argument("--json", default="runs/packing_speed.json")
     args = ap.parse_args()
 
     cpu0, t0 = time.process_time(), time.perf_counter()
     config, run, data = build(args)
     batches, epoch = method_batches(args, run, data)
-    # Interleave: pad, packed, bucket, pad, packed, bucket, ...
-    n = max(len(v) for v in batches.values())
-    order = [(m, i) for i in range(n) for m in ("pad_longest", "packed", "buckets")
-             if i < len(batches[m])]
-    steps, compile_s, n_compiled = time_steps(run, batches, order, args.repeats)
+    methods = [m for m in args.methods.split(",") if m]
+    runs = {m: run for m in methods}
+    if args.blocks:
+        methods.append("packed_blocks")
+        runs["packed_blocks"] = build(args, "blocks")[1]
+        batches["packed_blocks"], epoch["packed_blocks"] = batches["packed"], epoch["packed"]
+    trl = []
+    if args.trl:
+        seqs = timed_pairs(args, data)
+        trl.append(trl_half(run.spec, seqs, args))
+    # Interleave: pad, packed, bucket, (packed_blocks), pad, packed, ...
+    n = max(len(batches[m]) for m in methods)
+    order = [(m, i) for i in range(n) for m in methods if i < len(batches[m])]
+    steps, compile_s, n_compiled = time_steps(runs, batches, order, args.repeats)
+    if args.trl:
+        trl.append(trl_half(run.spec, seqs, args))
+    profile = None
+    if args.attention_profile:
+        profile = attention_profile(run, batches["packed"], args.repeats)
     torch_device = None
     if args.torch:
         steps["torch_trl"], torch_device = torch_reference(
@@ -253,18 +303,27 @@ def main():
             "epoch_batches": len(epoch[m]),
             "epoch_real_tokens": e_real,
             "epoch_real_fraction": e_real / sum(
-                s * (args.max_length if m == "packed" else 2 * args.batch_size) for s, _ in epoch[m]
+                s * (args.max_length if m.startswith("packed") else 2 * args.batch_size)
+                for s, _ in epoch[m]
             ),
+            "attended_visible": float(np.mean([r.get("attended_visible", np.nan) for r in rows])),
+            "attended_computed": float(np.mean([r.get("attended_computed", np.nan)
+                                                for r in rows])),
             "epoch_shapes": dict(sorted(collections.Counter(s for s, _ in epoch[m]).items())),
         }
     if "buckets" in table:  # a bucket's sampled batch is one of many; report the epoch numbers
         table["buckets"]["real_tok_per_wall_s"] = table["buckets"]["epoch_real_tok_per_wall_s"]
         table["buckets"]["real_tok_per_cpu_s"] = table["buckets"]["epoch_real_tok_per_cpu_s"]
-    base = table["pad_longest"]
+    base = table[methods[0]]
     for row in table.values():
         for k in ("real_tok_per_wall_s", "real_tok_per_cpu_s", "epoch_real_tok_per_wall_s",
                   "epoch_real_tok_per_cpu_s"):
             row["x_" + k] = row[k] / base[k]
+    if trl:  # the same pairs as the timed random batches; both halves together
+        trl_rate = sum(r["real_tokens_per_s"] * r["seconds"] for r in trl) / sum(
+            r["seconds"] for r in trl)
+        for row in table.values():
+            row["x_trl_wall"] = row["real_tok_per_wall_s"] / trl_rate
     out = {
         "model": args.model,
         "data": args.data,
@@ -282,6 +341,8 @@ def main():
         "total_wall_s": time.perf_counter() - t0,
         "methods": table,
         "steps": steps,
+        "trl": trl,
+        "attention_profile": profile,
     }
     print()
     print("| method | timed steps | epoch real fraction | real tok/s wall (× pad) "
@@ -293,6 +354,15 @@ def main():
             "epoch_real_tok_per_cpu_s")]
         head = f"| {m} | {r['steps']} | {r['epoch_real_fraction']:.2f} | "
         print(head + " | ".join(cells) + " |")
+    if trl:
+        print(f"\nTRL RewardTrainer: {trl_rate:.0f} real tok/s (halves: "
+              + ", ".join(f"{r['real_tokens_per_s']:.0f}" for r in trl) + ")")
+    print("\n| method | real fraction | attended visible / computed | real tok/s wall | × TRL |")
+    print("|---|---|---|---|---|")
+    for m, r in table.items():
+        x = f"{r['x_trl_wall']:.2f}" if trl else "-"
+        print(f"| {m} | {r['real_fraction']:.2f} | {r['attended_visible']:.2f} / "
+              f"{r['attended_computed']:.2f} | {r['real_tok_per_wall_s']:.0f} | {x} |")
     print(f"\ncompiled {n_compiled} shapes in {compile_s:.0f} s; process CPU "
           f"{out['total_cpu_s']:.0f} s, wall {out['total_wall_s']:.0f} s")
     if args.json:
