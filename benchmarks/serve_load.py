@@ -51,7 +51,8 @@ MODELS = {  # name -> (config arguments every mode takes, training-only argument
     "warm": (["--config=configs/warm.py:data=hh,model=minilm", *MODEL],
              ["--config.train.steps=4", "--config.train.checkpoint_every=4",
               "--config.data.train_limit=64", "--config.data.eval_limit=16",
-              "--config.members.eval_train_max=16"]),
+              "--config.members.eval_train_max=16",
+              "--config.train.batch_size=8"]),  # ~4 GB at 16 pairs: too much on a shared box
 }
 PER_CLIENT = {1: 24, 8: 6, 64: 2}  # requests per client thread at each concurrency
 TEXTS_PER_REQUEST = 8
@@ -170,7 +171,7 @@ def prepare(name, root, texts, log_dir):
     """Trains (once), exports to HF and scores ``texts`` offline -> (workdir, hf dir, rewards)."""
     args, train = MODELS[name]
     wd = os.path.join(root, name)
-    if not os.path.isdir(os.path.join(wd, "checkpoints")):
+    if not os.path.exists(os.path.join(wd, "summary.json")):  # trained to the end
         print(f"[{name}] training {wd}", flush=True)
         run_checked(rewardjax_cmd(*args, *train, "--config.train.progress=False",
                                   f"--workdir={wd}"), os.path.join(log_dir, f"{name}_train.log"),
@@ -216,14 +217,24 @@ def read_metrics(url):
     return out
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of process ``pid`` (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values, q):
     s = sorted(values)
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))] if s else float("nan")
 
 
-def run_level(url, texts, n_clients, per_client, offline=None, cap_s=300.0, timeout=600.0):
+def run_level(url, texts, n_clients, per_client, offline=None, pid=None, cap_s=300.0,
+              timeout=600.0):
     """``n_clients`` threads, each sending ``per_client`` requests back to back (none issued
-    after ``cap_s``); checks each reward against ``offline`` when given."""
+    after ``cap_s``); checks each reward against ``offline`` when given. With the server's
+    ``pid``, also the server's CPU seconds: on a shared machine texts per CPU-second compare
+    the servers' own cost whatever share of the cores each was given."""
     client = RewardClient(url, protocol="openrlhf", timeout=timeout, retries=50, backoff=0.1,
                           max_backoff=2.0, total_timeout=timeout)
     lat, errors, mismatches, worst = [], [], [], [0.0]
@@ -258,16 +269,19 @@ def run_level(url, texts, n_clients, per_client, offline=None, cap_s=300.0, time
         t.start()
     stop_at = time.monotonic() + cap_s
     barrier.wait()
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), cpu_seconds(pid) if pid else None
     for t in threads:
         t.join(timeout=cap_s + timeout + 60)
     wall = time.perf_counter() - start
+    cpu = cpu_seconds(pid) - cpu0 if pid else None
     client.close()
     n = len(lat)
     return {"clients": n_clients, "requests": n, "texts": n * TEXTS_PER_REQUEST,
             "wall_s": wall, "req_per_s": n / wall, "texts_per_s": n * TEXTS_PER_REQUEST / wall,
             "p50_s": percentile(lat, 50), "p95_s": percentile(lat, 95),
-            "p99_s": percentile(lat, 99), "errors": len(errors), "error_examples": errors[:3],
+            "p99_s": percentile(lat, 99), "server_cpu_s": cpu,
+            "texts_per_cpu_s": n * TEXTS_PER_REQUEST / cpu if cpu else None,
+            "errors": len(errors), "error_examples": errors[:3],
             "retried_503": client.stats["rejected_503"],
             "checked": None if offline is None else n * TEXTS_PER_REQUEST,
             "mismatches": None if offline is None else len(mismatches),
@@ -275,11 +289,11 @@ def run_level(url, texts, n_clients, per_client, offline=None, cap_s=300.0, time
             "mismatch_examples": mismatches[:3]}
 
 
-def load_levels(url, texts, levels, offline=None, metrics=False):
+def load_levels(url, texts, levels, pid, offline=None, metrics=False):
     rows = []
     for n in levels:
         before = read_metrics(url) if metrics else None
-        row = run_level(url, texts, n, PER_CLIENT.get(n, 2), offline)
+        row = run_level(url, texts, n, PER_CLIENT.get(n, 2), offline, pid)
         if metrics:
             after = read_metrics(url)
             d = {k: after[k] - before[k] for k in after}
@@ -332,8 +346,8 @@ def baseline_server(model_dir, info_path, max_length):
 
 def table(results):
     head = (f"{'model':6} {'server':9} {'clients':>7} {'req/s':>7} {'texts/s':>8} {'p50 s':>7} "
-            f"{'p95 s':>7} {'p99 s':>7} {'fill':>5} {'txt/batch':>9} {'503s':>5} {'err':>4} "
-            f"{'checked':>8} {'bad':>4}")
+            f"{'p95 s':>7} {'p99 s':>7} {'txt/cpu-s':>9} {'fill':>5} {'txt/batch':>9} "
+            f"{'503s':>5} {'err':>4} {'checked':>8} {'bad':>4}")
     lines = [head]
     for (model, server), rows in results.items():
         for r in rows:
@@ -342,7 +356,8 @@ def table(results):
             lines.append(
                 f"{model:6} {server:9} {r['clients']:>7} {r['req_per_s']:>7.2f} "
                 f"{r['texts_per_s']:>8.1f} {r['p50_s']:>7.3f} {r['p95_s']:>7.3f} "
-                f"{r['p99_s']:>7.3f} {fill:>5} {tpb:>9} {r['retried_503']:>5} "
+                f"{r['p99_s']:>7.3f} {r['texts_per_cpu_s'] or 0:>9.2f} {fill:>5} {tpb:>9} "
+                f"{r['retried_503']:>5} "
                 f"{r['errors']:>4} {r['checked'] or '-':>8} "
                 f"{'-' if r['mismatches'] is None else r['mismatches']:>4}")
     return "\n".join(lines)
@@ -377,7 +392,8 @@ def main():
                                   os.path.join(wd, "serve.json"))
         try:
             print(f"[{name}] rewardjax server at {url}", flush=True)
-            results[(name, "rewardjax")] = load_levels(url, texts, levels, offline, metrics=True)
+            results[(name, "rewardjax")] = load_levels(url, texts, levels, proc.pid, offline,
+                                                        metrics=True)
         finally:
             stop_process(proc)
         info = os.path.join(a.root, f"{name}_baseline.json")
@@ -387,14 +403,16 @@ def main():
         try:
             print(f"[{name}] PyTorch baseline at {url}", flush=True)
             run_level(url, texts, 1, 2)  # first forwards allocate; not measured
-            results[(name, "baseline")] = load_levels(url, texts, levels)
+            results[(name, "baseline")] = load_levels(url, texts, levels, proc.pid)
         finally:
             stop_process(proc)
     print(table(results))
     for name in a.models.split(","):
         for rj, base in zip(results[(name, "rewardjax")], results[(name, "baseline")]):
             speed = rj["texts_per_s"] / base["texts_per_s"]
+            cost = rj["texts_per_cpu_s"] / base["texts_per_cpu_s"]
             print(f"{name} {rj['clients']:>2} clients: texts/s x{speed:.2f}, "
+                  f"texts per server CPU-second x{cost:.2f}, "
                   f"p99 {rj['p99_s']:.3f}s vs {base['p99_s']:.3f}s "
                   f"(x{base['p99_s'] / rj['p99_s']:.2f} lower)")
     if a.json:

@@ -101,6 +101,7 @@ def _policy_and_tokenizer():
     return Qwen2ForCausalLM(cfg), tok
 
 
+@pytest.mark.slow  # three CLI launches (train, serve, score) + GRPO: ~60 s CPU, minutes shared
 def test_grpo_trains_on_rewards_served_by_a_workdir(tmp_path):
     pytest.importorskip("trl")
     from datasets import Dataset
@@ -109,7 +110,9 @@ def test_grpo_trains_on_rewards_served_by_a_workdir(tmp_path):
     wd = str(tmp_path / "rm")
     r = run_module(SMALL + TRAIN + [f"--workdir={wd}"])
     assert r.returncode == 0, r.stderr[-3000:]
-    proc, url = start_server(wd, SMALL, tmp_path / "server.log")
+    # Small batches: fewer shapes to compile at warm-up (the test is about the wiring).
+    proc, url = start_server(wd, SMALL + ["--config.serve.max_batch_tokens=512"],
+                             tmp_path / "server.log")
     try:
         client = RecordingClient([url], timeout=60, name="rewardjax_rm")
         client.calls = []
