@@ -129,3 +129,22 @@ def test_registered_with_a_scorer_and_no_export(tmp_path):
     c.data.format = "prm800k"
     with pytest.raises(Exception, match="question.problem"):
         load_step_sets(str(path), c)
+
+
+def test_served_through_the_batcher_equals_offline_scoring(tiny):
+    """The serve mode's batcher: fixed shapes, filler rows, one request's rows back in order."""
+    from rewardjax.serve.batcher import Batcher
+
+    config, run, records = tiny
+    scorer = PRMScorer.of(run, run.state, batch_size=4)
+    seqs, _ = encode_step_records(records[:3], step_encoder(run))
+    offline = scorer.score_encoded(seqs)
+    b = Batcher(scorer, max_batch_tokens=512, max_wait_ms=5, max_queue=16)
+    b.start()
+    try:
+        rows = b.submit(seqs).future.result(timeout=300)
+    finally:
+        b.stop()
+    np.testing.assert_allclose([float(r["reward"]) for r in rows], offline["reward"], atol=1e-6)
+    np.testing.assert_allclose(np.stack([r["steps"] for r in rows]), offline["steps"],
+                               atol=1e-6)
