@@ -116,10 +116,15 @@ def rewardjax_cmd(*args):
     return [sys.executable, "-m", "rewardjax.main", *args]
 
 
+def _env():
+    """CPU unless JAX_PLATFORMS says otherwise (export JAX_PLATFORMS=cuda on a GPU machine)."""
+    return {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+
+
 def run_checked(cmd, log_path, timeout):
     with open(log_path, "w") as log:
         r = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
-                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                           env=_env())
     if r.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): "
                            + open(log_path).read()[-3000:])
@@ -132,7 +137,7 @@ def start_process(cmd, log_path, info_path, wait_s=600.0):
         os.remove(info_path)
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                            env=_env())
     log.close()
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
@@ -318,13 +323,14 @@ def baseline_server(model_dir, info_path, max_length):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval().to(device)
     lock = threading.Lock()
 
     def score(queries):
         with lock, torch.inference_mode():
             enc = tok(queries, padding=True, truncation=True, max_length=max_length,
-                      return_tensors="pt")
+                      return_tensors="pt").to(device)
             return model(**enc).logits[:, 0].float().tolist()
 
     async def get_reward(request):
