@@ -61,5 +61,5 @@ def test_unknown_mode_lists_the_modes():
     with config.unlocked():
         config.mode = "serve_later"
     with pytest.raises(ValueError, match="unknown mode 'serve_later'; choose from eval, export, "
-                                         "rewardbench, score, train"):
+                                         "rewardbench, score, serve, train"):
         modes.run(config, "/nonexistent")
