@@ -73,8 +73,12 @@ def run_arm(arm: str, args) -> dict:
     if not os.path.isfile(os.path.join(workdir, "summary.json")):
         run(config, workdir)
     train_s = time.time() - t0
+    if args.eval_max_length:  # scoring only: shorter rows, the same cut for both arms
+        config.model.max_length = int(args.eval_max_length)
     scorer = recipes.get(arm).scorer(config, workdir, "eval")
     out: dict = {"arm": arm, "steps": int(args.steps), "seed": int(args.seed),
+                 "limit": int(args.limit), "eval_max_length": int(args.eval_max_length),
+                 "prompts": int(args.prompts), "candidates": int(args.candidates),
                  "train_wall_s": train_s, "sets": {}}
     root = data_root()
     for name, spec in SETS.items():
@@ -179,6 +183,8 @@ def main():
     ap.add_argument("--prompts", type=int, default=60)
     ap.add_argument("--candidates", type=int, default=16)
     ap.add_argument("--limit", type=int, default=0, help="pairs per eval set (0: all)")
+    ap.add_argument("--eval_max_length", type=int, default=0,
+                    help="tokens per scored sequence (0: model.max_length as trained)")
     ap.add_argument("--out", default="")
     ap.add_argument("--table_only", action="store_true")
     args = ap.parse_args()
@@ -191,7 +197,8 @@ def main():
         if not os.path.isfile(os.path.join(args.root, arm, "bench.json")) and not args.table_only:
             cmd = [sys.executable, __file__, f"--arm={arm}", f"--root={args.root}",
                    f"--steps={args.steps}", f"--seed={args.seed}", f"--prompts={args.prompts}",
-                   f"--candidates={args.candidates}", f"--limit={args.limit}"]
+                   f"--candidates={args.candidates}", f"--limit={args.limit}",
+                   f"--eval_max_length={args.eval_max_length}"]
             procs.append(subprocess.Popen(cmd))
     if any(p.wait() for p in procs):
         sys.exit("an arm failed")
