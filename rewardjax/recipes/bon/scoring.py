@@ -23,7 +23,6 @@ from rewardjax.runtime import (
     average_members,
     build_run,
     init_members,
-    load_trained,
     member_params,
     read_run_config,
 )
@@ -47,7 +46,7 @@ def scoring_config(run_config, bon_cfg):
 
 
 def encode_pools(run, pools: list[Pool]):
-    """Every candidate of every pool, tokenized by the run's encoder, pool by pool."""
+    """Every candidate of every pool, tokenized by the encoder of ``run`` (a run or a scorer)."""
     responses = [Response(p.prompt, r) for p in pools for r in p.responses]
     before = run.encoder.stats.as_dict()
     seqs, kept = encode_responses(responses, run.encoder)
@@ -58,10 +57,13 @@ def encode_pools(run, pools: list[Pool]):
 
 
 def rm_scores(cfg, workdir: str, pools: list[Pool], name: str = "RM"):
-    """``{name: per-pool scores}`` from the newest checkpoint of a ``bt.py`` workdir."""
-    run = load_trained(cfg, workdir)
-    seqs, stats = encode_pools(run, pools)
-    return {name: split_by_pool(ModelScorer.of(run, run.state).rewards(seqs), pools)}, stats
+    """``{name: per-pool scores}`` from a reward-model workdir (``bt.py`` and the like), scored
+    through its recipe: a model with no single-response reward (pairwise) is refused by name."""
+    from rewardjax import recipes
+
+    scorer = recipes.get(cfg.recipe).scorer(cfg, workdir, "bon")
+    seqs, stats = encode_pools(scorer, pools)
+    return {name: split_by_pool(scorer.rewards(seqs), pools)}, stats
 
 
 def warm_scores(cfg, workdir: str, pools: list[Pool], combiners=("mean",), lam: float = 0.5):

@@ -56,12 +56,15 @@ class RMScorer:
 
     def __init__(self, workdir: str, config_spec: str = "", *, max_length: int = 512,
                  batch_size: int = 16):
+        from rewardjax import recipes
         from rewardjax.recipes.bon.scoring import scoring_config
-        from rewardjax.runtime.load import load_trained, read_run_config
+        from rewardjax.runtime.load import read_run_config
 
         opts = types.SimpleNamespace(max_length=int(max_length), batch_size=int(batch_size))
         self.config = scoring_config(read_run_config(workdir, config_spec), opts)
-        self.run = load_trained(self.config, workdir)
+        # Through the workdir's recipe: a model with no single-response reward (a pairwise
+        # preference model) is refused by name, ODIN gives its quality head, WARM its average.
+        self.scorer = recipes.get(self.config.recipe).scorer(self.config, workdir, "ppo")
         self.workdir = workdir
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
@@ -70,10 +73,10 @@ class RMScorer:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         records = [Response([{"role": "user", "content": q}], r)
                    for q, r in zip(prompts, responses)]
-        seqs, kept = encode_responses(records, self.run.encoder)
+        seqs, kept = encode_responses(records, self.scorer.encoder)
         if len(kept) != len(records):  # keep_end never drops; a guard against config drift
             raise RuntimeError(f"{len(records) - len(kept)} responses were dropped by truncation")
-        return ModelScorer.of(self.run, self.run.state).rewards(seqs)
+        return self.scorer.rewards(seqs)
 
 
 def length_scorer(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
