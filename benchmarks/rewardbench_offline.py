@@ -39,7 +39,7 @@ def _table(name: str, report: dict) -> str:
 
 def main(argv):
     del argv
-    from rewardjax.eval.rewardbench import run_rewardbench
+    from rewardjax.modes.rewardbench import run_rewardbench
 
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
