@@ -176,11 +176,13 @@ def prepare(name, root, texts, log_dir):
     """Trains (once), exports to HF and scores ``texts`` offline -> (workdir, hf dir, rewards)."""
     args, train = MODELS[name]
     wd = os.path.join(root, name)
-    if not os.path.exists(os.path.join(wd, "summary.json")):  # trained to the end
+    done = os.path.join(root, f"{name}_trained")  # written once training ran to the end
+    if not os.path.exists(done):
         print(f"[{name}] training {wd}", flush=True)
         run_checked(rewardjax_cmd(*args, *train, "--config.train.progress=False",
                                   f"--workdir={wd}"), os.path.join(log_dir, f"{name}_train.log"),
                     1800)
+        open(done, "w").close()
     hf = os.path.join(wd, "export_hf")
     if not os.path.exists(os.path.join(hf, "config.json")):
         run_checked(rewardjax_cmd(*args, "--config.mode=export", "--config.export.format=hf",
