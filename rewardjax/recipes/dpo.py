@@ -201,5 +201,6 @@ register(Recipe(
            "!model.overrides", "!model.param_dtype", "!model.vocab_size", "!model.fit_tokenizer",
            "!lora", "!defaults", "!mesh: the models run on one device",
            "!data.train: the dpo recipe trains nothing", "!data.packing", "!data.pack_segments",
+           "!data.shared_prefix",
            "!data.padding_side: rows are right-padded", "!train: the dpo recipe trains nothing",
            "!train.trainable: the dpo recipe trains nothing", "!loss")))

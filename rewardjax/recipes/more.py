@@ -322,4 +322,5 @@ def train_more(config, workdir: str) -> dict:
 register(Recipe("more", train=train_more, load_scorer=checkpoint_scorer,
                 export=export_checkpoint,
                 reads=("more", "!data.packing: one padded sub-batch per source, never packed",
+                       "!data.shared_prefix: one padded sub-batch per source, never packed",
                        "!data.pack_segments: MORE's batches are never packed")))

@@ -15,6 +15,7 @@ READS = (
     "!lora: the backbone is frozen and has no adapters",
     "!loss: the gate's loss is plain Bradley-Terry",
     "!data.packing: features are computed per response, never packed",
+    "!data.shared_prefix: features are computed per response, never packed",
     "!data.pack_segments: features are computed per response, never packed",
 )
 

@@ -8,6 +8,7 @@ READS = (
     "dmoerm", "baselines",
     "!lora: the LoRA stages are set by dmoerm.lora_* (rank, alpha, dropout, targets)",
     "!data.packing: batches are length-bucketed, never packed",
+    "!data.shared_prefix: batches are length-bucketed, never packed",
     "!data.pack_segments: batches are never packed",
     "!train.eval_every: every model is evaluated once, at the end",
     "!train.resume_step: each stage resumes from its own newest checkpoint",

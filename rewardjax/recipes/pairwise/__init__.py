@@ -23,6 +23,7 @@ READS = (
     "!loss: the pairwise model trains on binary cross-entropy over both orders; loss.margin, "
     "use_data_margin and center_coef are Bradley-Terry settings",
     "!data.packing: pairs are length-bucketed [prompt, A, B] rows, never packed",
+    "!data.shared_prefix: a [prompt, A, B] row already holds the prompt once",
     "!data.pack_segments: pairs are never packed",
 )
 

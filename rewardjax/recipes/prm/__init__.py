@@ -196,6 +196,7 @@ register(Recipe(
            "!loss: the PRM's loss is per-step binary cross-entropy (no margin or centering)",
            "!data.packing: PRM batches are length-bucketed solutions, never packed",
            "!data.pack_segments: PRM batches are never packed",
+           "!data.shared_prefix: one solution per row, nothing to share",
            "!data.sim: the step simulator is sized by prm.sim.*",
            "!data.holdout_fraction: step sets have no @train / @heldout split; name files",
            "!data.train_limit: not applied to step sets",

@@ -13,6 +13,7 @@ from rewardjax.runtime import export_weight_average, members_scorer
 READS = (
     "members",
     "!data.packing: each member's batch is length-bucketed, never packed",
+    "!data.shared_prefix: shared-prefix rows need packing, which members never use",
     "!data.pack_segments: each member's batch is never packed",
     "!train.eval_every: members, WA and ensembles are evaluated once, at the end",
     "!train.grad_accum: the members' loop counts micro-steps as steps; raise train.batch_size "
