@@ -22,7 +22,7 @@ import time
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -185,6 +185,8 @@ class RewardServer:
         except BadRequest as err:
             reason = "too_large" if err.status == 413 else "bad_request"
             return self._refuse(err.status, str(err), reason)
+        except ClientDisconnect:  # hung up mid-body: nothing was queued, nobody reads a reply
+            return self._refuse(499, "client disconnected", "cancelled")
         try:
             job = self.batcher.submit(seqs)
         except QueueFull as err:

@@ -222,7 +222,10 @@ class Batcher:
                 batch = self._take()
             if batch is None:
                 return
-            self._run(*batch)
+            try:
+                self._run(*batch)
+            except Exception:  # noqa: BLE001 -- one bad batch must not stop the worker for all
+                log.exception("the batch worker failed on a batch; it goes on")
 
     def _run(self, bucket: int, items: list[_Item]) -> None:
         rows = next(r for r in self.tiers[bucket] if r >= len(items))
@@ -232,8 +235,7 @@ class Batcher:
         except Exception as err:  # noqa: BLE001 -- the requests get the error, the server lives
             log.exception("scoring a batch of %d texts failed", len(items))
             for it in items:
-                if not it.request.future.done():
-                    it.request.future.set_exception(err)
+                _resolve(it.request.future, error=err)
             return
         if self.metrics is not None:
             self.metrics.observe_batch(bucket, len(items), rows, time.monotonic() - start)
@@ -241,5 +243,17 @@ class Batcher:
             req = it.request
             req.rows[it.index] = {k: v[i] for k, v in out.items()}
             req.remaining -= 1
-            if req.remaining == 0 and not req.future.done():
-                req.future.set_result(req.rows)
+            if req.remaining == 0:
+                _resolve(req.future, result=req.rows)
+
+
+def _resolve(future: concurrent.futures.Future, *, result=None, error=None) -> None:
+    """Sets ``future``'s result (or error) unless it is already done: the client's hang-up may
+    cancel it from the event loop between any check here and the set."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass  # cancelled meanwhile: nobody waits for it

@@ -48,9 +48,9 @@ def test_concurrent_requests_share_fixed_shape_batches_and_get_their_own_rows():
     scorer = FakeScorer()
     b = Batcher(scorer, max_batch_tokens=32, max_wait_ms=100, max_queue=100)
     assert b.shapes() == [(1, 4), (2, 4), (8, 4), (1, 8), (4, 8)]
-    b.start()
     reqs = [b.submit([seq(i, 1), seq(i, 2, 3, 4, 5, 6)]) for i in range(3)]
     reqs.append(b.submit([seq(100)]))
+    b.start()  # after every submit: the grouping does not depend on how loaded the machine is
     rows = [r.future.result(timeout=10) for r in reqs]
     b.stop()
     for i in range(3):
@@ -157,3 +157,34 @@ def test_many_threads_each_get_their_own_rewards():
     b.stop()
     assert not errors and len(out) == 40
     assert all(got == want for got, want in out.values())
+
+
+def test_a_request_cancelled_while_its_batch_is_scored_does_not_stop_the_worker():
+    """A hang-up may cancel a request's future between the worker's check and its set: the
+    worker must go on serving everyone else."""
+    import concurrent.futures
+
+    from rewardjax.serve.batcher import _resolve
+
+    done = concurrent.futures.Future()
+    done.cancel()
+    _resolve(done, result=[1])  # no InvalidStateError
+    _resolve(done, error=RuntimeError("x"))
+
+    class CancelInside(FakeScorer):  # the client hangs up while its batch is being scored
+        victim = None
+
+        def score_encoded(self, seqs):
+            if self.victim is not None:
+                self.victim.future.cancel()
+            return super().score_encoded(seqs)
+
+    scorer = CancelInside()
+    b = Batcher(scorer, max_batch_tokens=32, max_wait_ms=1, max_queue=100)
+    b.start()
+    scorer.victim = b.submit([seq(1, 2)])
+    time.sleep(0.2)
+    scorer.victim = None
+    later = b.submit([seq(3)])
+    assert float(later.future.result(timeout=10)[0]["reward"]) == 3
+    b.stop()
