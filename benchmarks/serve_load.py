@@ -167,9 +167,13 @@ def stop_process(proc):
         proc.wait(timeout=10)
 
 
+BREAKDOWNS = False  # --breakdowns: also compute WARM's per-member rewards (M + 1 forwards)
+
+
 def serve_cmd(args, workdir):
+    # The baseline returns the reward alone; so does the rewardjax server unless --breakdowns.
     return rewardjax_cmd(*args, "--config.mode=serve", "--config.serve.port=0",
-                         f"--workdir={workdir}")
+                         f"--config.serve.breakdowns={BREAKDOWNS}", f"--workdir={workdir}")
 
 
 def prepare(name, root, texts, log_dir):
@@ -375,11 +379,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default="/tmp/rewardjax_serve_load", help="workdirs and logs")
     p.add_argument("--models", default="bt,warm")
+    p.add_argument("--breakdowns", action="store_true",
+                   help="serve WARM's per-member rewards too (the baseline gives the reward only)")
     p.add_argument("--clients", default="1,8,64")
     p.add_argument("--json", default="", help="also write the results here")
     p.add_argument("--baseline-server", nargs=3, metavar=("MODEL_DIR", "INFO", "MAX_LEN"),
                    help=argparse.SUPPRESS)
     a = p.parse_args()
+    global BREAKDOWNS
+    BREAKDOWNS = bool(a.breakdowns)
     # A plain kill still runs the finally blocks that stop the servers and subprocesses.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if a.baseline_server:

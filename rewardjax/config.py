@@ -200,6 +200,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.serve.combine = ""
     c.serve.lam = 0.5  # lambda of uwo / mean_minus_std (the combine and the "uwo" breakdown)
     c.serve.normalize = True  # apply the export's reward normalisation when it has one
+    # Breakdowns that cost forwards of their own (a WARM workdir's per-member rewards, std, min,
+    # uwo: M + 1 forwards per text). False serves the reward alone (WARM: the weight average's
+    # one forward), the usual need of an RL trainer.
+    c.serve.breakdowns = True
 
     c.rewardbench = ml_collections.ConfigDict()
     c.rewardbench.source = "offline"  # offline (records built from ../shared/data) | hub | a path

@@ -43,13 +43,26 @@ READS = ("serve",)
 log = logging.getLogger(__name__)
 
 
+def load_scorer(config, workdir: str):
+    """The workdir's scorer as served: without the costly breakdowns when
+    ``serve.breakdowns=False``."""
+    s = config.serve
+    scorer = recipes.get(config.recipe).scorer(config, workdir, "serve")
+    if not s.breakdowns:
+        if s.combine not in ("", "wa"):
+            raise ValueError(f"serve.combine={s.combine} combines the members' rewards, which "
+                             "serve.breakdowns=False leaves out; keep breakdowns or unset combine")
+        scorer = scorer.reward_only()
+    return scorer
+
+
 def make_server(config, workdir: str, scorer=None) -> RewardServer:
     """The workdir's scorer (or ``scorer``) behind a :class:`RewardServer` configured by
     ``config.serve``."""
     s = config.serve
     token = token_from_env(s.token_env)  # before loading the model: fail fast
     if scorer is None:
-        scorer = recipes.get(config.recipe).scorer(config, workdir, "serve")
+        scorer = load_scorer(config, workdir)
     return RewardServer(scorer, recipe=config.recipe, token=token,
                         max_batch_tokens=int(s.max_batch_tokens),
                         max_wait_ms=float(s.max_wait_ms), max_queue=int(s.max_queue),
@@ -64,7 +77,7 @@ def run(config, workdir: str) -> dict:
     (processes other than 0 of a multi-process mesh: ``{"process", "batches"}``)."""
     lockstep = None
     if jax.process_count() > 1:
-        scorer = recipes.get(config.recipe).scorer(config, workdir, "serve")
+        scorer = load_scorer(config, workdir)
         if jax.process_index() != 0:
             batches = follow(scorer)  # every forward of process 0's server, until it stops
             return {"process": jax.process_index(), "batches": batches}

@@ -13,6 +13,7 @@ ArmoRM, ensemble or DMoERM mixture).
 from __future__ import annotations
 
 import abc
+import copy
 import json
 from collections.abc import Sequence
 
@@ -58,6 +59,12 @@ class Scorer(abc.ABC):
     def set_rows(self, rows: int) -> None:
         """Later forwards run ``rows`` sequences each (one compiled shape per value)."""
         raise NotImplementedError(f"{type(self).__name__} has no fixed batch rows")
+
+    def reward_only(self) -> Scorer:
+        """A scorer of the same ``reward`` without breakdowns that cost forwards of their own
+        (a WARM workdir's per-member rewards: M forwards besides the weight average's one);
+        itself when breakdowns are free or the reward needs them."""
+        return self
 
     def rewards(self, seqs) -> np.ndarray:
         """Just the ``reward`` of :meth:`score_encoded` (``[0]`` for no sequences)."""
@@ -193,10 +200,20 @@ class MembersScorer(Scorer):
         self.average = average_members(member_state) if combine == "wa" else None
         self.combine, self.lam = combine, float(lam)
         self.labels = {"members": [f"member_{i}" for i in range(self.num)]}
+        self.members_off = False
+
+    def reward_only(self) -> Scorer:
+        if self.combine != "wa":  # a prediction ensemble's reward is made of the members
+            return self
+        other = copy.copy(self)
+        other.members_off, other.labels = True, {}
+        return other
 
     def score_encoded(self, seqs) -> dict[str, np.ndarray]:
         from rewardjax.ensembles.predictions import combine
 
+        if self.members_off:  # reward_only(): the weight average's forward alone
+            return {"reward": self.base.with_params(self.average).rewards(seqs)}
         members = np.stack([self.base.with_params(p).rewards(seqs) for p in self.members])
         if self.combine == "wa":
             reward = self.base.with_params(self.average).rewards(seqs)

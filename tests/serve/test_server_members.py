@@ -70,6 +70,29 @@ def test_warm_members_and_their_statistics(warm_workdir, tmp_path):
     with pytest.raises(ValueError, match="unknown serve.combine 'avg'"):
         RewardServer(server.scorer, combine="avg")
 
+    # serve.breakdowns=False: the weight average's reward alone, one forward per text.
+    lean_config = copy.deepcopy(config)
+    lean_config.serve.breakdowns = False
+    lean = make_server(lean_config, workdir)
+    forwards = []
+    score = lean.scorer.base.with_params
+
+    def counting(params):
+        forwards.append(1)
+        return score(params)
+
+    lean.scorer.base.with_params = counting
+    with TestClient(build_app(lean)) as client:
+        wait_ready(client)
+        forwards.clear()
+        res = client.post("/v1/rewards", json=items(TEXTS[:1])).json()["results"]
+        assert len(forwards) == 1  # not members + average
+        assert set(res[0]) == {"reward"}
+        np.testing.assert_allclose(res[0]["reward"], want[0]["reward"], atol=1e-5)
+    lean_config.serve.combine = "mean"
+    with pytest.raises(ValueError, match="serve.breakdowns=False leaves out"):
+        make_server(lean_config, workdir)
+
 
 def test_native_export_normalisation_is_applied(bt_workdir, tmp_path):
     config, workdir = bt_workdir
