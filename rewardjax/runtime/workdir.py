@@ -79,7 +79,7 @@ LOCK_NAME = ".lock"
 IDENTITY_NAME = "run_identity.json"
 # Sections and keys that change how a run is watched, not what it computes; ``*.workdir`` is
 # where another run lives (rl.proxy.workdir: a copied workdir may point at the original's).
-_SKIP_SECTIONS = {"mode", "mesh", "eval", "score", "export", "rewardbench", "defaults"}
+_SKIP_SECTIONS = {"mode", "mesh", "eval", "score", "export", "rewardbench", "serve", "defaults"}
 _OPERATIONAL = re.compile(r"(^|\.)(log_every|eval_every|checkpoint_every|keep_checkpoints|progress"
                           r"|tensorboard|debug_\w+|resume_\w+|compare_with|cache_dir|workdir)$")
 _HASH_LIMIT = 512 << 20  # bytes of data files hashed per start; beyond: size + mtime

@@ -183,6 +183,9 @@ def test_identity_follows_data_file_content(tmp_path):
     first = run_identity(cfg)
     assert first["train.lr"] == 1e-3 and first["backbone.hidden_size"] == 128
     assert "train.log_every" not in first and "train.progress" not in first
+    # How a trained model is served changes nothing it computes: a workdir trained before the
+    # serve section existed (or served with other settings) is the same run.
+    assert not [k for k in first if k.startswith(("serve.", "score.", "rewardbench."))]
     data.write_text(json.dumps({"prompt": "a", "chosen": "B", "rejected": "c"}) + "\n")
     second = run_identity(cfg)
     key = f"data.content[{data}]"
