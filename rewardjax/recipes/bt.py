@@ -43,6 +43,23 @@ log = logging.getLogger(__name__)
 @owns_workdir  # lock, run identity, config.json
 def train(config, workdir: str) -> dict:
     """Trains a Bradley-Terry reward model; returns the final summary (also in summary.json)."""
+    return fit_pairs(config, workdir)
+
+
+def fit_pairs(config, workdir: str, *, num_outputs: int = 1, pair_loss=None,
+              batch_extras=None, scorer_of=ModelScorer.of, set_metrics=None,
+              postfix_fn=None) -> dict:
+    """The pair-training story of bt, for recipes that change only what it computes (ODIN):
+
+    Args:
+      num_outputs: outputs of the reward head (``build_run``).
+      pair_loss: the loss of the shared BT step in place of plain BT (``Run.train_step``).
+      batch_extras: ``encoded pairs -> (host batch -> host batch)``: what the loss reads besides
+        the model inputs (ODIN: response lengths).
+      scorer_of: ``(run, state) -> Scorer`` that evaluates (its ``reward`` is what is scored).
+      set_metrics: ``(scorer, pairs) -> {name: float}`` added to each eval set's report.
+      postfix_fn: the progress bar's ``row -> {name: str}``.
+    """
     t_start = time.time()
     tcfg = config.train
     loaded: dict = {}
@@ -50,27 +67,36 @@ def train(config, workdir: str) -> dict:
     if warning := margin_warning(loaded, config.loss.use_data_margin):
         log.warning(warning)
     eval_sets = load_sets(config.data.eval, config.data)
-    run = build_run(config, workdir, train_pairs)
+    run = build_run(config, workdir, train_pairs, num_outputs=num_outputs)
 
     data = encode_pairs(train_pairs, run.encoder, same_prompt=shares_prefix(config, run))
     batch_at = make_batches(config, run, data)
-    train_step = run.train_step(dropout=tcfg.dropout)
+    sharing = batch_at.sharing
+    if batch_extras is not None:
+        extend, plain = batch_extras(data), batch_at
+        batch_at = lambda step: extend(plain(step))  # noqa: E731
+    train_step = run.train_step(dropout=tcfg.dropout, pair_loss=pair_loss)
 
     ckpt = Checkpointer(
         os.path.join(workdir, "checkpoints"), tcfg.checkpoint_every, tcfg.keep_checkpoints
     )
     writer = MetricsWriter(workdir, tensorboard=tcfg.tensorboard)
     total = int(tcfg.steps) * int(tcfg.grad_accum)
+
+    def evaluate(state) -> dict:
+        scorer = scorer_of(run, state)
+        return {name: dict(scorer.evaluate(pairs, num_bins=config.eval.num_bins),
+                           **(set_metrics(scorer, pairs) if set_metrics else {}))
+                for name, pairs, _ in eval_sets}
+
     trainer = Trainer(
         train_step, lambda step: run.place(batch_at(step)), total_steps=total,
         parts=[Part(ckpt)], writer=writer, train=tcfg,
-        eval_fn=(lambda state: ModelScorer.of(run, state).evaluate_sets(
-            eval_sets, num_bins=config.eval.num_bins)) if eval_sets else None,
+        eval_fn=evaluate if eval_sets else None, postfix_fn=postfix_fn,
     )
     state = trainer.fit(trainer.restore(run.state, tcfg.get("resume_step")))
 
-    results = ModelScorer.of(run, state).evaluate_sets(
-        eval_sets, num_bins=config.eval.num_bins) if eval_sets else {}
+    results = evaluate(state) if eval_sets else {}
     for name, res in results.items():
         writer.write(total, f"eval/{name}", res)
     summary = {
@@ -80,7 +106,7 @@ def train(config, workdir: str) -> dict:
         "data": {"train": loaded,
                  "eval": {name: summary_stats(stats) for name, _, stats in eval_sets}},
         "truncation": data.stats.as_dict(),
-        "shared_prefix": batch_at.sharing.as_dict() if batch_at.sharing else "off",
+        "shared_prefix": sharing.as_dict() if sharing else "off",
         "train_real_tokens_per_s": trainer.tokens / max(trainer.train_time, 1e-9),
         "eval": results,
         "params": _param_counts(state),

@@ -18,32 +18,23 @@ would (an HF sequence-classification checkpoint where an exact one exists, else 
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
-import time
 
 import jax
 import numpy as np
 from flax import nnx
 
-from rewardjax.data import encode_pairs, load_sets, load_train_pairs
-from rewardjax.data.sources import margin_warning, summary_stats
+from rewardjax.data import encode_pairs
 from rewardjax.heads.scalar import LinearHead, PoolerHead
 from rewardjax.losses.odin import odin_loss
 from rewardjax.recipes import Recipe, register
-from rewardjax.recipes.bt import _param_counts, make_batches
+from rewardjax.recipes.bt import fit_pairs
 from rewardjax.runtime import (
-    Checkpointer,
-    MetricsWriter,
     ModelScorer,
-    Part,
-    Trainer,
     build_run,
     export_model,
-    format_table,
     owns_workdir,
-    to_python,
-    write_json,
 )
 from rewardjax.runtime.load import restore_newest
 
@@ -112,62 +103,19 @@ class OdinScorer(ModelScorer):
 
 @owns_workdir  # lock, run identity, config.json
 def train(config, workdir: str) -> dict:
-    """Trains an ODIN reward model; returns the final summary (also in summary.json)."""
-    t_start = time.time()
-    tcfg, ocfg = config.train, config.odin
-    loaded: dict = {}
-    train_pairs = load_train_pairs(config.data, report=loaded)
-    if warning := margin_warning(loaded, config.loss.use_data_margin):
-        log.warning(warning)
-    eval_sets = load_sets(config.data.eval, config.data)
-    run = build_run(config, workdir, train_pairs, num_outputs=2)
-
-    data = encode_pairs(train_pairs, run.encoder)
-    lengths = response_lengths(data, str(ocfg.length_unit))
-    batch_at = make_batches(config, run, data)
-    train_step = run.train_step(dropout=tcfg.dropout,
-                                pair_loss=make_pair_loss(ocfg, config.loss))
-
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), tcfg.checkpoint_every,
-                        tcfg.keep_checkpoints)
-    writer = MetricsWriter(workdir, tensorboard=tcfg.tensorboard)
-    total = int(tcfg.steps) * int(tcfg.grad_accum)
-
-    def evaluate(state) -> dict:
-        scorer = OdinScorer.of(run, state)
-        return {name: dict(scorer.evaluate(pairs, num_bins=config.eval.num_bins),
-                           **length_correlations(scorer, pairs))
-                for name, pairs, _ in eval_sets}
-
-    trainer = Trainer(
-        train_step, lambda step: run.place(with_lengths(batch_at(step), lengths)),
-        total_steps=total, parts=[Part(ckpt)], writer=writer, train=tcfg,
-        eval_fn=evaluate if eval_sets else None,
+    """Trains an ODIN reward model (bt's story with ODIN's head, loss and length reports);
+    returns the final summary (also in summary.json)."""
+    ocfg = config.odin
+    summary = fit_pairs(
+        config, workdir, num_outputs=2, pair_loss=make_pair_loss(ocfg, config.loss),
+        batch_extras=lambda data: functools.partial(
+            with_lengths, lengths=response_lengths(data, str(ocfg.length_unit))),
+        scorer_of=OdinScorer.of, set_metrics=length_correlations,
         postfix_fn=lambda row: {k: f"{row[k]:.3f}" for k in
                                 ("loss", "quality_accuracy", "corr_quality_length") if k in row},
     )
-    state = trainer.fit(trainer.restore(run.state, tcfg.get("resume_step")))
-
-    results = evaluate(state) if eval_sets else {}
-    for name, res in results.items():
-        writer.write(total, f"eval/{name}", res)
-    summary = {
-        "steps": int(state.step),
-        "wall_time_s": time.time() - t_start,
-        "train_pairs": len(data),
-        "data": {"train": loaded,
-                 "eval": {name: summary_stats(stats) for name, _, stats in eval_sets}},
-        "truncation": data.stats.as_dict(),
-        "train_real_tokens_per_s": trainer.tokens / max(trainer.train_time, 1e-9),
-        "eval": results,
-        "params": _param_counts(state),
-    }
-    writer.write(total, "summary", summary)
-    writer.close()
     if jax.process_index() == 0:
-        write_json(os.path.join(workdir, "summary.json"), to_python(summary))
-        print(format_table(summary))
-        for name, res in results.items():
+        for name, res in summary["eval"].items():
             print(f"{name}: spearman(r_Q, length) {res['spearman_quality_length']:+.3f}  "
                   f"spearman(r_L, length) {res['spearman_length_length']:+.3f}")
     return summary
