@@ -8,14 +8,30 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rewardjax.models.block_attention import BlockLayout, block_layout, can_use_blocks
+from rewardjax.models.block_attention import (
+    BlockLayout,
+    block_attention,
+    block_layout,
+    can_use_blocks,
+)
+from rewardjax.sharding import current_rules, logical_to_spec
 
 # "auto": block-skipping attention (``models.block_attention``) for packed and shared-prefix rows
-# on one device, cuDNN flash attention on a GPU in half precision, else the dense path;
+# on one device or a batch-sharded mesh (one layout per batch shard), cuDNN flash attention on a
+# GPU in half precision, else the dense path;
 # "xla": always the dense path (materialised scores + additive bias; any device, dropout);
 # "blocks": block skipping wherever rows are packed or share a prefix; "cudnn": fused kernel.
 ATTENTION_IMPLS = ("auto", "xla", "blocks", "cudnn")
 HALF_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+class BlockShards(NamedTuple):
+    """Where a batch-sharded block layout lives: the mesh, the logical-axis rules in force and
+    the mesh axes of the batch dimension (a ``PartitionSpec`` entry). Static (closed over)."""
+
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    batch: str | tuple[str, ...]
 
 
 class AttentionMask(NamedTuple):
@@ -27,13 +43,16 @@ class AttentionMask(NamedTuple):
     attention) then skips masked blocks instead of reading a bias. ``causal`` is static.
     ``blocks`` (packed / shared-prefix rows) lists the score tiles some query can see, for
     :func:`rewardjax.models.block_attention.block_attention`; ``bias`` stays the reference (and
-    the dropout path); XLA drops it when nothing reads it.
+    the dropout path); XLA drops it when nothing reads it. ``shards`` says the layout was built
+    per batch shard (:func:`batch_shards`) and must be read inside a ``shard_map`` over the same
+    axes (:func:`sharded_block_attention`).
     """
 
     bias: jax.Array | None = None
     lengths: jax.Array | None = None
     causal: bool = False
     blocks: BlockLayout | None = None
+    shards: BlockShards | None = None
 
 
 def make_attention_mask(attention_mask: jax.Array, *, causal: bool,
@@ -47,21 +66,87 @@ def make_attention_mask(attention_mask: jax.Array, *, causal: bool,
     if not packed and (impl == "cudnn" or (impl == "auto" and on_gpu())):
         return AttentionMask(None, attention_mask.astype(jnp.int32).sum(-1), causal=causal)
     bias = attention_bias(attention_mask, causal=causal, segment_ids=segment_ids, parts=parts)
-    blocks = None
-    if packed and uses_blocks(impl) and can_use_blocks(attention_mask.shape[-1]):
-        blocks = block_layout(attention_mask, causal=causal, segment_ids=segment_ids, parts=parts)
-    return AttentionMask(bias, None, causal=causal, blocks=blocks)
+    blocks = shards = None
+    if packed and can_use_blocks(attention_mask.shape[-1]):
+        shards = batch_shards(attention_mask.shape[0])
+        if not uses_blocks(impl, sharded=shards is not None):
+            shards = None
+        elif shards is None:
+            blocks = block_layout(attention_mask, causal=causal, segment_ids=segment_ids,
+                                  parts=parts)
+        else:
+            blocks = sharded_block_layout(attention_mask, shards, causal=causal,
+                                          segment_ids=segment_ids, parts=parts)
+    return AttentionMask(bias, None, causal=causal, blocks=blocks, shards=shards)
 
 
 def on_gpu() -> bool:
     return jax.default_backend() == "gpu"
 
 
-def uses_blocks(impl: str) -> bool:
-    """Whether ``impl`` builds a block layout for packed rows. ``auto`` does on one device only:
-    the layout sorts query blocks across the whole batch, which on a data-parallel mesh would
-    gather every row onto every device."""
-    return impl == "blocks" or (impl == "auto" and jax.device_count() == 1)
+def uses_blocks(impl: str, sharded: bool = False) -> bool:
+    """Whether ``impl`` builds a block layout for packed rows. ``auto`` does on one device, and
+    on a mesh whose axis rules shard the batch (``sharded``: one layout per batch shard, built
+    and read inside ``shard_map``). A global layout on a multi-device mesh would sort query
+    blocks across the whole batch and so gather every row onto every device: ``auto`` keeps the
+    dense path there; ``blocks`` builds it anyway."""
+    return impl == "blocks" or (impl == "auto" and (sharded or jax.device_count() == 1))
+
+
+def batch_shards(batch: int) -> BlockShards | None:
+    """The :class:`BlockShards` of a batch of ``batch`` rows when the active axis rules
+    (:func:`rewardjax.sharding.axis_rules`) split it over more than one device, else ``None``."""
+    ctx = current_rules()
+    if ctx is None:
+        return None
+    mesh, rules = ctx
+    spec = logical_to_spec(("batch",), rules, mesh, (batch,))
+    if not spec or spec[0] is None:
+        return None
+    return BlockShards(mesh, rules, spec[0])
+
+
+def sharded_block_layout(attention_mask: jax.Array, shards: BlockShards, *, causal: bool,
+                         segment_ids: jax.Array | None = None,
+                         parts: jax.Array | None = None) -> BlockLayout:
+    """One :func:`block_layout` per batch shard, built on its device (``shard_map``): the
+    layout's arrays are the shards' layouts stacked along their first axis, so each device
+    holds, sorts and reads only its own rows' query blocks (rows never attend across rows)."""
+    rows = {"mask": attention_mask, "segment_ids": segment_ids, "parts": parts}
+    rows = {k: v for k, v in rows.items() if v is not None}
+
+    def local(r):
+        return block_layout(r["mask"], causal=causal, segment_ids=r.get("segment_ids"),
+                            parts=r.get("parts"))
+
+    spec = jax.sharding.PartitionSpec(shards.batch)
+    return jax.shard_map(local, mesh=shards.mesh, in_specs=(spec,), out_specs=spec,
+                         check_vma=False)(rows)
+
+
+def sharded_block_attention(q: jax.Array, k: jax.Array, v: jax.Array, layout: BlockLayout,
+                            shards: BlockShards) -> jax.Array:
+    """:func:`block_attention` on each batch shard with its own layout
+    (:func:`sharded_block_layout`). Heads stay split over the tensor axis when the query and
+    key/value heads both divide by it (a query group and its key/value head then sit on the same
+    device); otherwise the shard_map sees every head."""
+    P = jax.sharding.PartitionSpec
+    mesh, rules = shards.mesh, shards.rules
+
+    def entry(spec, i):
+        return spec[i] if len(spec) > i else None
+
+    q_spec = logical_to_spec(("batch", "seq", "heads", "head_dim"), rules, mesh, q.shape)
+    kv_spec = logical_to_spec(("batch", "seq", "kv_heads", "head_dim"), rules, mesh, k.shape)
+    if entry(q_spec, 0) != shards.batch or entry(kv_spec, 0) != shards.batch:
+        raise ValueError(f"attention inputs are sharded {q_spec} / {kv_spec}, but the block "
+                         f"layout was built per batch shard over {shards.batch}")
+    heads = entry(q_spec, 2) if entry(q_spec, 2) == entry(kv_spec, 2) else None
+    x_spec = P(shards.batch, None, heads)
+    fn = jax.shard_map(block_attention, mesh=mesh,
+                       in_specs=(x_spec, x_spec, x_spec, P(shards.batch)), out_specs=x_spec,
+                       check_vma=False)
+    return fn(q, k, v, layout)
 
 
 def uses_fused(impl: str, dtype, dropout: bool) -> bool:

@@ -31,6 +31,7 @@ from rewardjax.models.layers import (
     make_attention_mask,
     positions_from_mask,
     segment_positions,
+    sharded_block_attention,
     softmax_attention,
     uses_fused,
 )
@@ -169,7 +170,10 @@ class Attention(nnx.Module):
             return project(self.o_proj, out.reshape(b, t, h * d), proj_rng, 3)
         # Block skipping has no attention dropout: with dropout on, the dense path runs.
         if mask.blocks is not None and rng is None and t == k.shape[1]:
-            out = block_attention(q, k, v, mask.blocks)  # [B, T, H, hd]
+            if mask.shards is None:
+                out = block_attention(q, k, v, mask.blocks)  # [B, T, H, hd]
+            else:
+                out = sharded_block_attention(q, k, v, mask.blocks, mask.shards)
             return project(self.o_proj, out.reshape(b, t, h * d), proj_rng, 3)
         bias = mask.bias
         if bias is None:

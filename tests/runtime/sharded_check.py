@@ -13,6 +13,7 @@ import numpy as np
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
 
 from rewardjax.data.packing import collate_packed_pairs  # noqa: E402
+from rewardjax.models import layers  # noqa: E402
 from rewardjax.runtime.step import batch_axis_size  # noqa: E402
 from tests.runtime.helpers import fixed_batch, load_recipe, tiny_run  # noqa: E402
 
@@ -42,6 +43,20 @@ def packed_batch(run, data, start):
     assert min(pairs_per_row) >= 2, pairs_per_row
     assert (chosen != rejected).any()
     return b
+
+
+# Per-shard block layouts traced (``attention=auto`` on a batch-sharded mesh): counted so the
+# packed comparison is known to run block-skipping attention on the mesh, not the dense path.
+PER_SHARD_LAYOUTS = []
+_per_shard = layers.sharded_block_layout
+
+
+def _counted(*args, **kwargs):
+    PER_SHARD_LAYOUTS.append(1)
+    return _per_shard(*args, **kwargs)
+
+
+layers.sharded_block_layout = _counted
 
 
 def run_steps(model_path, shape, packed):
@@ -78,12 +93,16 @@ def run_steps(model_path, shape, packed):
         init = run.state
         for kind, batches in runs:
             state, losses = jax.tree.map(lambda x: x.copy(), init), []
+            PER_SHARD_LAYOUTS.clear()
             for b in batches:
                 placed = run.place(b)
                 x = placed["input_ids"]
                 assert x.sharding.shard_shape(x.shape)[0] == x.shape[0] // split, (kind, shape)
                 state, m = step(state, placed)
                 losses.append(float(m["loss"]))
+            if kind == "packed":
+                # 384-token rows split into 64-token blocks; several devices hold batch shards.
+                assert bool(PER_SHARD_LAYOUTS) == (ndev > 1), (shape, len(PER_SHARD_LAYOUTS))
             n_sharded = sum(
                 1
                 for x in jax.tree.leaves(state.params)
