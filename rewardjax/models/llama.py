@@ -94,10 +94,18 @@ def project(layer, x: jax.Array, rng: jax.Array | None, slot: int) -> jax.Array:
 
     Plain ``nnx.Linear`` layers have no ``dropout`` attribute and are called as usual; keys are
     ``fold_in(rng, slot)`` so adding adapters never changes the backbone's own dropout masks.
+
+    The matmul runs on ``x`` flattened to ``[tokens, in]``: a weight gradient then contracts one
+    axis instead of (batch, sequence), which XLA:CPU otherwise lowers with a transposing copy of
+    the activation gradient (a quarter of a SmolLM2 SwiGLU layer's backward; same numbers).
     """
+    lead = x.shape[:-1]
+    flat = x.reshape(-1, x.shape[-1]) if x.ndim > 2 else x
     if rng is not None and getattr(layer, "dropout", 0.0):
-        return layer(x, rng=jax.random.fold_in(rng, slot))
-    return layer(x)
+        y = layer(flat, rng=jax.random.fold_in(rng, slot))
+    else:
+        y = layer(flat)
+    return y.reshape(*lead, y.shape[-1]) if x.ndim > 2 else y
 
 
 def projection_rng(layer_rng: jax.Array | None) -> jax.Array | None:
