@@ -168,16 +168,33 @@ def bt_update(graphdef, tx, loss_cfg, *, params, opt_state, rng, batch, frozen, 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, new_opt = tx.update(grads, opt_state, params)
-    if lr_scale is not None:
-        updates = jax.tree.map(lambda u: (u * lr_scale).astype(u.dtype), updates)
-    new_params = optax.apply_updates(params, updates)
     metrics = dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32),
                    real_tokens=real_tokens(batch))
-    if not guard:
-        return new_params, new_opt, metrics
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-    return keep(new_params, params), keep(new_opt, opt_state), metrics
+    new_params, new_opt = guarded_update(tx, grads, opt_state, params,
+                                         finite if guard else None, lr_scale)
+    return new_params, new_opt, metrics
+
+
+def guarded_update(tx: optax.GradientTransformation, grads, opt_state, params, finite=None,
+                   lr_scale=None):
+    """``(params, opt_state)`` after one ``tx`` update, or the old ones unchanged where
+    ``finite`` (a scalar bool) is false (``None``: always update).
+
+    The choice is a ``lax.cond`` on the whole state, not an elementwise ``where`` over every
+    parameter and moment: the select was an extra pass over params + optimizer state each
+    micro-step (about 5% of a SmolLM2 step in the XLA trace); the update itself is unchanged.
+    ``lr_scale`` multiplies the final update (see :func:`bt_update`).
+    """
+
+    def update(params, opt_state, grads):
+        updates, new_opt = tx.update(grads, opt_state, params)
+        if lr_scale is not None:
+            updates = jax.tree.map(lambda u: (u * lr_scale).astype(u.dtype), updates)
+        return optax.apply_updates(params, updates), new_opt
+
+    if finite is None:
+        return update(params, opt_state, grads)
+    return jax.lax.cond(finite, update, lambda p, o, g: (p, o), params, opt_state, grads)
 
 
 def make_train_step(

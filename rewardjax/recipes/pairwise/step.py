@@ -15,7 +15,7 @@ import optax
 from flax import nnx
 
 from rewardjax.runtime import TrainState
-from rewardjax.runtime.step import pair_rewards, real_tokens
+from rewardjax.runtime.step import guarded_update, pair_rewards, real_tokens
 from rewardjax.sharding import axis_rules
 
 
@@ -56,12 +56,10 @@ def pairwise_update(graphdef, tx, *, params, opt_state, rng, batch, frozen, step
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, new_opt = tx.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    keep = lambda new, old: jax.tree.map(lambda x, y: jnp.where(finite, x, y), new, old)  # noqa: E731
+    new_params, new_opt = guarded_update(tx, grads, opt_state, params, finite)
     metrics = dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32),
                    real_tokens=real_tokens(batch))
-    return keep(new_params, params), keep(new_opt, opt_state), metrics
+    return new_params, new_opt, metrics
 
 
 def make_pairwise_step(run, *, dropout: bool, trace_guard=None):

@@ -13,6 +13,7 @@ import optax
 from flax import nnx
 
 from rewardjax.runtime import TrainState
+from rewardjax.runtime.step import guarded_update
 from rewardjax.sharding import axis_rules
 
 
@@ -67,14 +68,12 @@ def make_prm_step(graphdef, tx, *, mesh, rules, state_shardings, dropout: bool =
             (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
             grad_norm = optax.global_norm(grads)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            keep = lambda new, old: jax.tree.map(lambda a, c: jnp.where(finite, a, c), new, old)  # noqa: E731
+            params, opt_state = guarded_update(tx, grads, state.opt_state, state.params, finite)
             metrics = dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32),
                            real_tokens=jnp.sum(batch["attention_mask"]
                                                * batch["weights"][:, None]))
-            return TrainState(step=state.step + 1, params=keep(params, state.params),
-                              frozen=state.frozen, opt_state=keep(opt_state, state.opt_state),
+            return TrainState(step=state.step + 1, params=params,
+                              frozen=state.frozen, opt_state=opt_state,
                               rng=state.rng), metrics
 
     if trace_guard is not None:
