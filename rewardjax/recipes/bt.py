@@ -6,8 +6,6 @@ import logging
 import os
 import time
 
-import jax
-
 from rewardjax.data import (
     BatchPlan,
     PackedPairBatches,
@@ -31,10 +29,9 @@ from rewardjax.runtime import (
     build_run,
     checkpoint_scorer,
     export_checkpoint,
+    finish_run,
     format_table,
     owns_workdir,
-    to_python,
-    write_json,
 )
 
 log = logging.getLogger(__name__)
@@ -97,8 +94,6 @@ def fit_pairs(config, workdir: str, *, num_outputs: int = 1, pair_loss=None,
     state = trainer.fit(trainer.restore(run.state, tcfg.get("resume_step")))
 
     results = evaluate(state) if eval_sets else {}
-    for name, res in results.items():
-        writer.write(total, f"eval/{name}", res)
     summary = {
         "steps": int(state.step),
         "wall_time_s": time.time() - t_start,
@@ -111,12 +106,7 @@ def fit_pairs(config, workdir: str, *, num_outputs: int = 1, pair_loss=None,
         "eval": results,
         "params": _param_counts(state),
     }
-    writer.write(total, "summary", summary)
-    writer.close()
-    if jax.process_index() == 0:
-        write_json(os.path.join(workdir, "summary.json"), to_python(summary))
-        print(format_table(summary))
-    return summary
+    return finish_run(writer, total, workdir, summary, format_table)
 
 
 def shares_prefix(config, run) -> bool:

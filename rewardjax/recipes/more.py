@@ -59,11 +59,10 @@ from rewardjax.runtime import (
     build_run,
     checkpoint_scorer,
     export_checkpoint,
+    finish_run,
     format_table,
     owns_workdir,
     shardings_of,
-    to_python,
-    write_json,
 )
 from rewardjax.sharding import axis_rules
 
@@ -294,8 +293,6 @@ def train_more(config, workdir: str) -> dict:
 
     results = ModelScorer.of(run, state.train).evaluate_sets(
         eval_sets, num_bins=config.eval.num_bins) if eval_sets else {}
-    for name, res in results.items():
-        writer.write(total, f"eval/{name}", res)
     summary: dict[str, Any] = {
         "mode": str(mcfg.mode),
         "steps": int(state.train.step),
@@ -310,13 +307,12 @@ def train_more(config, workdir: str) -> dict:
         "eval": results,
         "params": _param_counts(state.train),
     }
-    writer.write(total, "summary", summary)
-    writer.close()
-    if jax.process_index() == 0:
-        write_json(os.path.join(workdir, "summary.json"), to_python(summary))
-        print(format_table(summary))
-        print("mean λ: " + ", ".join(f"{s} {v:.3f}" for s, v in summary["lambda_mean"].items()))
-    return summary
+
+    def table(s):
+        lam = ", ".join(f"{k} {v:.3f}" for k, v in s["lambda_mean"].items())
+        return format_table(s) + "\nmean λ: " + lam
+
+    return finish_run(writer, total, workdir, summary, table)
 
 
 register(Recipe("more", train=train_more, load_scorer=checkpoint_scorer,

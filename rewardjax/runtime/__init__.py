@@ -41,6 +41,7 @@ _EXPORTS = {
     "nonfinite_error": "checkpoint",
     "MetricsWriter": "logging",
     "to_python": "logging",
+    "finish_run": "logging",
     "make_optimizer": "optim",
     "load_trained": "load",
     "checkpoint_scorer": "load",

@@ -46,6 +46,20 @@ def to_python(x):
     return x
 
 
+def finish_run(writer: MetricsWriter, step: int, workdir: str, summary: dict, table) -> dict:
+    """The end of every training story: each eval set's results (``summary["eval"]``) and the
+    summary to the metrics writer, the writer closed, and on process 0 ``summary.json`` written
+    and ``table(summary)`` printed. Returns ``summary``."""
+    for name, res in (summary.get("eval") or {}).items():
+        writer.write(step, f"eval/{name}", res)
+    writer.write(step, "summary", summary)
+    writer.close()
+    if paths.is_main_process():
+        paths.write_json(os.path.join(workdir, "summary.json"), to_python(summary))
+        print(table(summary))
+    return summary
+
+
 class MetricsWriter:
     """Appends ``{"step", "split", ...metrics}`` lines to ``workdir/metrics.jsonl`` and mirrors
     scalars to TensorBoard (``workdir/tb``) when tensorboardX is installed (module docstring:

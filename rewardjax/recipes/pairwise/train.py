@@ -28,11 +28,10 @@ from rewardjax.runtime import (
     Trainer,
     build_run,
     count_params,
+    finish_run,
     format_table,
     load_trained,
     owns_workdir,
-    to_python,
-    write_json,
 )
 
 log = logging.getLogger(__name__)
@@ -91,8 +90,6 @@ def train(config, workdir: str) -> dict:
     train_trunc = data.stats.as_dict()
     results = scorer_of(run, state, encoder).evaluate_sets(
         eval_sets, num_bins=num_bins) if eval_sets else {}
-    for name, res in results.items():
-        writer.write(total, f"eval/{name}", res)
     summary = {
         "steps": int(state.step),
         "wall_time_s": time.time() - t_start,
@@ -105,12 +102,7 @@ def train(config, workdir: str) -> dict:
         "eval": results,
         "params": {"trained": count_params(state.params), "frozen": count_params(state.frozen)},
     }
-    writer.write(total, "summary", summary)
-    writer.close()
-    if jax.process_index() == 0:
-        write_json(os.path.join(workdir, "summary.json"), to_python(summary))
-        print(format_table(summary))
-    return summary
+    return finish_run(writer, total, workdir, summary, format_table)
 
 
 def make_batches(config, run, data):

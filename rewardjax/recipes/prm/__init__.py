@@ -21,8 +21,6 @@ import logging
 import os
 import time
 
-import jax
-
 from rewardjax.data import (
     BatchPlan,
     Pair,
@@ -43,10 +41,9 @@ from rewardjax.runtime import (
     Part,
     Trainer,
     build_run,
+    finish_run,
     load_trained,
     owns_workdir,
-    to_python,
-    write_json,
 )
 
 log = logging.getLogger(__name__)
@@ -127,8 +124,6 @@ def train_prm(config, workdir: str) -> dict:
     state = trainer.fit(trainer.restore(run.state, tcfg.get("resume_step")))
 
     results = evaluate(state)
-    for name, res in results.items():
-        writer.write(total, f"eval/{name}", res)
     summary = {
         "steps": int(state.step),
         "wall_time_s": time.time() - t_start,
@@ -140,12 +135,7 @@ def train_prm(config, workdir: str) -> dict:
         "eval": results,
         "params": _param_counts(state),
     }
-    writer.write(total, "summary", summary)
-    writer.close()
-    if jax.process_index() == 0:
-        write_json(os.path.join(workdir, "summary.json"), to_python(summary))
-        print(format_process_table(summary))
-    return summary
+    return finish_run(writer, total, workdir, summary, format_process_table)
 
 
 def format_process_table(summary: dict) -> str:
