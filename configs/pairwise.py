@@ -24,6 +24,12 @@ def get_config(arg=None):
     c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "bt.py"), arg)
     c.recipe = "pairwise"
     c.data.packing = False
+    # The verdict must depend on which response is shown first. Mean pooling averages the two
+    # responses' states almost symmetrically: MiniLM on HH then stayed at chance (loss ln 2,
+    # grad norm ~0.07 after 50 steps). An encoder reads [CLS], which attends to both with their
+    # positions and segment markers (a cross-encoder's usual head); causal models keep "last".
+    c.defaults.scratch.pooling_encoder = "cls"
+    c.defaults.finetune.pooling_encoder = "cls"
     args = arg or ""
     if "runlocal" in args:
         c.defaults.scratch.max_length = 128
