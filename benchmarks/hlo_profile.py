@@ -10,7 +10,8 @@ in the compiled HLO that lies in ``rewardjax``, ``optax`` or ``flax``. Thunks un
 (thread-time: thunks may overlap on the thread pool, so the sum can exceed the wall time).
 
     REWARDJAX_DATA=/work/shared/data python benchmarks/hlo_profile.py --model=minilm
-    REWARDJAX_DATA=/work/shared/data python benchmarks/hlo_profile.py --model=smollm2 --layout=shared
+    REWARDJAX_DATA=/work/shared/data python benchmarks/hlo_profile.py --model=smollm2 \
+        --layout=shared
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def parse_hlo(text: str):
 
 
 def label(op_name: str, frames) -> str:
-    for file, func, line in frames:
+    for file, func, _line in frames:
         if any(o in file for o in OWN):
             short = file.split("/site-packages/")[-1].split("/work/main/")[-1]
             short = re.sub(r"^.*?/(rewardjax|optax|flax)/", r"\1/", short)
