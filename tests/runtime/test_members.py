@@ -41,6 +41,12 @@ def _config():
     config.loss.center_coef = 0.01
     config.train.warmup_steps = 0  # a non-zero learning rate from step 0
     config.train.weight_decay = 0.1  # so lr_scale must also scale the decoupled decay
+    # Adam's step lr * g / (|g| + eps) turns float32 reduction-order noise on an element whose
+    # gradient nearly cancels (a rare token's embedding) into a visible fraction of lr: the
+    # vmapped step's batched [M, tokens, in] matmuls reduce in another order than the single
+    # step's. As in sharded_check.py, a larger eps keeps such elements linear; a wrong member
+    # update still moves parameters by O(lr).
+    config.train.eps = 1e-6
     return config
 
 
