@@ -64,6 +64,7 @@ from rewardjax.runtime import (
     owns_workdir,
     shardings_of,
 )
+from rewardjax.runtime.step import guarded_update
 from rewardjax.sharding import axis_rules
 
 log = logging.getLogger(__name__)
@@ -162,14 +163,12 @@ def make_more_step(graphdef, tx, loss_cfg, more_cfg, num_sources: int, sub_batch
             grads = jax.tree.map(jnp.add, g_head, g_backbone)
             grad_norm = optax.global_norm(grads)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.all(jnp.isfinite(lam))
-            updates, opt_state = tx.update(grads, ts.opt_state, ts.params)
-            params = optax.apply_updates(ts.params, updates)
-            keep = lambda new, old: jax.tree.map(lambda a, c: jnp.where(finite, a, c), new, old)  # noqa: E731
+            params, opt_state = guarded_update(tx, grads, ts.opt_state, ts.params, finite)
             new_state = MoreState(
-                train=TrainState(step=ts.step + 1, params=keep(params, ts.params),
-                                 frozen=ts.frozen, opt_state=keep(opt_state, ts.opt_state),
-                                 rng=ts.rng),
-                momentum=keep(new_momentum, state.momentum),
+                train=TrainState(step=ts.step + 1, params=params, frozen=ts.frozen,
+                                 opt_state=opt_state, rng=ts.rng),
+                momentum=jax.tree.map(lambda a, c: jnp.where(finite, a, c), new_momentum,
+                                      state.momentum),
             )
             off = ~jnp.eye(k, dtype=bool)
             norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 1e-30))  # [K]
