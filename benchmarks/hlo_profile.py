@@ -31,13 +31,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 HH = "$REWARDJAX_DATA/hh-rlhf/harmless-base-test.jsonl.gz@train"
 CONTROL = ("while", "call", "conditional")
-LINES: dict[str, str] = {}  # instruction -> its HLO line (``--show``)
-BODIES: dict[str, list] = {}  # computation -> its instructions (``--show``)
 OWN = ("/rewardjax/", "/optax/", "/flax/")
 
 
 def parse_hlo(text: str):
-    """``{instruction: (op_name, [(file, function, line), ...] innermost first)}``."""
+    """``(instr, lines, bodies)``: ``instr`` maps an instruction to ``(op_name, [(file, function,
+    line), ...] innermost first, is_matmul)``; ``lines`` to its HLO line and ``bodies`` a
+    computation to its instructions' lines (both for ``--show``)."""
     sections = {}
     current = None
     for line in text.splitlines():
@@ -79,7 +79,7 @@ def parse_hlo(text: str):
     # metadata of its root, often the op after the matmul (GELU, LayerNorm); charge it to the
     # matmul it calls instead.
     comp_dot, comp = {}, None
-    instr, calls = {}, {}
+    instr, calls, lines, bodies = {}, {}, {}, {}
     for line in text.splitlines():
         c = re.match(r"^%?([\w.\-]+) \(.*\{\s*$", line)
         if c:
@@ -96,9 +96,9 @@ def parse_hlo(text: str):
         if called:
             calls[name] = called.group(1)
         instr[name] = (opcode, meta)
-        LINES[name] = line.strip()[:400]
+        lines[name] = line.strip()[:400]
         if comp is not None:
-            BODIES.setdefault(comp, []).append(line.strip()[:200])
+            bodies.setdefault(comp, []).append(line.strip()[:200])
     out = {}
     for name, (opcode, meta) in instr.items():
         is_dot = opcode in ("dot", "convolution")
@@ -106,7 +106,7 @@ def parse_hlo(text: str):
             meta, is_dot = comp_dot[calls[name]], True
         op, where = meta_of(meta)
         out[name] = (op, where, is_dot)
-    return out
+    return out, lines, bodies
 
 
 def label(op_name: str, frames) -> str:
@@ -165,7 +165,7 @@ def main():
     placed = run.place(batch)
     state = run.state
     compiled = step.lower(state, placed).compile()
-    instr = parse_hlo(compiled.as_text())
+    instr, lines, bodies = parse_hlo(compiled.as_text())
     state, m = compiled(state, placed)
     jax.block_until_ready(m["loss"])
     trace_dir = tempfile.mkdtemp(prefix="rj_hlo_profile_")
@@ -182,13 +182,9 @@ def main():
     by_label = collections.Counter()
     by_kind = collections.Counter()
     by_name = collections.Counter()
-    missing = 0.0
     for e in events:
         name = e.get("name", "")
         if e.get("ph") != "X" or name not in instr:
-            if e.get("ph") == "X" and re.match(r"^[\w\-]+(\.\d+)?$", name) and \
-                    "fusion" in name and name not in instr:
-                missing += e.get("dur", 0)
             continue
         if name.split(".")[0] in CONTROL:
             continue
@@ -212,11 +208,11 @@ def main():
     for kind, dur in by_kind.most_common(10):
         print(f"| `{kind}` | {dur:.3f} | {dur / total:.1%} |")
     for name, dur in by_name.most_common(args.show):
-        line = LINES.get(name, name)
+        line = lines.get(name, name)
         print(f"\n{dur:.3f} s  {line}")
         called = re.search(r"calls=%([\w.\-]+)", line)
         if called and "ynn" not in name:
-            print("    " + "\n    ".join(BODIES.get(called.group(1), [])[:24]))
+            print("    " + "\n    ".join(bodies.get(called.group(1), [])[:24]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "layout": args.layout, "attention": args.attention,
